@@ -1,0 +1,1 @@
+"""Clients: the `restune` command line and the Python HTTP client."""

@@ -1,0 +1,99 @@
+"""Shared pieces of the `restune bench` commands: timing, machine facts, result files.
+
+Speed claims are ratios measured inside one run, in one process, with the
+candidates interleaved so that drift in the machine hits all of them alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path("bench/results")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device | str) -> str:
+    """A file-name-safe label of the device, e.g. 'nvidia-h100-80gb-hbm3' or 'cpu-2t'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"cpu-{torch.get_num_threads()}t"
+
+
+def machine_info(device: torch.device | str) -> dict:
+    import timm
+
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Median wall time in ms of each candidate, run round-robin after warm-up."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def write_results(name: str, payload: dict, out_dir: Path | str = RESULTS_DIR) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path

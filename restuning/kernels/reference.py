@@ -1,0 +1,65 @@
+"""Pure-PyTorch multi-task bypass: the reference every fused kernel must match.
+
+Shapes: B batch, N tokens (already cut to the pooling's positions), M = B·N rows,
+D embed dim, T heads, r_h / r_v padded hidden sizes, C_max padded class count.
+The bypass state is kept head-major, [T, M, D], so every per-head product is a
+plain batched GEMM over T with no broadcasting copies.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+
+from restuning.kernels.weights import GroupWeights
+
+
+def activation(h: torch.Tensor, kind: str) -> torch.Tensor:
+    return F.gelu(h) if kind == "gelu" else torch.softmax(h, dim=-1)
+
+
+def bypass_stage(
+    x: torch.Tensor,  # [M, D]      backbone tokens x_l, shared by all heads
+    b: torch.Tensor,  # [T, M, D]   bypass state b_{l-1}; [1, M, D] at the first stage (b_0 = x_0 for all)
+    w: GroupWeights,
+    s: int,
+) -> torch.Tensor:  # [T, M, D]
+    m = x.shape[0]
+    t = w.num_heads
+    hidden = []
+    if w.h_act is not None:
+        h = torch.addmm(w.h_down_b[s], x, w.h_down_w[s])  # [M, T*r_h]: one GEMM for every head
+        h = activation(h.view(m, t, w.h_rank), w.h_act)
+        hidden.append(h.transpose(0, 1))  # [T, M, r_h]
+    if w.v_act is not None:
+        v = torch.matmul(b, w.v_down_w[s]) + w.v_down_b[s][:, None, :]  # [T, M, r_v]
+        hidden.append(activation(v, w.v_act))
+    lam = w.lam[s].view(t, 1, 1)
+    if hidden:
+        g = hidden[0] if len(hidden) == 1 else torch.cat(hidden, dim=-1)  # [T, M, r_h + r_v]
+        out = torch.baddbmm(w.up_b[s][:, None, :], g, w.up_w[s])  # λ·up_h + (1−λ)·up_v + bias
+    else:
+        out = w.up_b[s][:, None, :].expand(t, m, -1).clone()
+    out.addcmul_(b.expand(t, -1, -1), 1 - lam)  # + (1−λ)·b_{l−1}
+    out.addcmul_(x.expand(t, -1, -1), lam)  # + λ·x_l
+    return out
+
+
+def bypass_group(
+    tokens: Sequence[torch.Tensor],  # [x_0 … x_L], each [B, N, D]
+    w: GroupWeights,
+) -> torch.Tensor:  # b_L [T, B, N, D], head-major
+    bsz, n, d = tokens[0].shape
+    b = tokens[0].reshape(1, bsz * n, d)
+    for s, layer in enumerate(w.layers):
+        b = bypass_stage(tokens[layer].reshape(bsz * n, d), b, w, s)
+    return b.expand(w.num_heads, -1, -1).reshape(w.num_heads, bsz, n, d)
+
+
+def heads_logits(
+    pooled: torch.Tensor,  # [B, T, D]
+    head_w: torch.Tensor,  # [T, D, C_max]
+    head_b: torch.Tensor,  # [T, C_max]
+) -> torch.Tensor:  # [B, T, C_max]
+    return torch.einsum("btd,tdc->btc", pooled, head_w) + head_b

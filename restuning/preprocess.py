@@ -1,0 +1,67 @@
+"""Images in, normalised tensors out: the one preprocessing path shared by training and serving.
+
+A tuner trained on tensors from `ImagePreprocessor` sees the same pixels at
+serving time, so training and inference can never disagree on resize or
+normalisation.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restuning.backbones.base import BackboneInfo
+from restuning.errors import InputError
+
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: well above any photo, far below a decompression bomb
+
+
+def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode an image (PNG, JPEG, …) into an RGB PIL image, refusing bombs and garbage."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+            with stream:
+                image = Image.open(stream)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InputError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+                if width < 1 or height < 1:
+                    raise InputError(f"image has an empty size {width}x{height}")
+                image.load()
+                return image.convert("RGB")
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"not a decodable image: {type(exc).__name__}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"could not decode the image: {exc}") from None
+
+
+class ImagePreprocessor:
+    """RGB PIL image or uint8 array [H, W, 3] -> float tensor [3, H', W'] for one backbone."""
+
+    def __init__(self, info: BackboneInfo):
+        self.size = info.image_size
+        self.mean = torch.tensor(info.mean).view(3, 1, 1)
+        self.std = torch.tensor(info.std).view(3, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise InputError(f"expected a uint8 image array [H, W] or [H, W, 3], got {image.dtype} {image.shape}")
+            image = Image.fromarray(image)
+        image = image.convert("RGB")
+        h, w = self.size
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return (pixels - self.mean) / self.std

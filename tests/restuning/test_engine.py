@@ -1,0 +1,114 @@
+"""The multi-task engine equals running every head on its own."""
+import pytest
+import torch
+
+from restuning.bypass import BypassConfig, build_bypass
+from restuning.engine import MultiTaskEngine, group_key
+from restuning.errors import InputError
+
+MIXED = [
+    dict(horizontal="adapter", vertical="adapter", dim=5),
+    dict(horizontal="adapter", vertical="adapter", dim=10),  # same group as above, padded 5 -> 10
+    dict(horizontal="prefix", vertical="prompt", horizontal_dim=3, vertical_dim=7),
+    dict(horizontal="prompt", vertical="prefix", dim=2),  # joins the softmax/softmax group, padded with -inf
+    dict(horizontal="none", vertical="adapter", dim=4),
+    dict(horizontal="adapter", vertical="none", dim=4, pooling="avg"),
+    dict(horizontal="none", vertical="none", layers="1,3"),
+    dict(horizontal="adapter", vertical="adapter", dim=3, layers="2-3", pooling="avg"),
+]
+
+
+def _heads(bb, specs, dtype):
+    heads = {}
+    for i, spec in enumerate(specs):
+        cfg = BypassConfig.create(bb.info, num_classes=2 + i, **spec)
+        head = build_bypass(cfg, bb.embed_dim, seed=i).to(dtype)
+        with torch.no_grad():
+            head.lambda_logits.normal_(generator=torch.Generator().manual_seed(i))
+        heads[f"task{i}"] = head
+    return heads
+
+
+def test_groups_and_padding(micro_backbone64):
+    heads = _heads(micro_backbone64, MIXED, torch.float64)
+    engine = MultiTaskEngine(micro_backbone64, heads)
+    assert len(engine.groups) == 6
+    assert group_key(heads["task0"]) == group_key(heads["task1"])
+    assert engine.groups[0].h_rank == 10 and engine.groups[0].num_heads == 2
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_engine_equals_per_head_float64(micro_backbone64, batch):
+    bb = micro_backbone64
+    heads = _heads(bb, MIXED, torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    feats = bb.forward_features(torch.randn(batch, 3, 32, 32, dtype=torch.float64))
+    out = engine.run(feats)
+    assert list(out) == list(heads)
+    for name, head in heads.items():
+        ref = head(feats, bb)
+        assert out[name].shape == ref.shape == (batch, head.config.num_classes)
+        assert (out[name] - ref).abs().max().item() < 1e-10, name
+
+
+def test_engine_float32_tolerance(micro_backbone):
+    heads = _heads(micro_backbone, MIXED, torch.float32)
+    engine = MultiTaskEngine(micro_backbone, heads)
+    images = torch.randn(2, 3, 32, 32)
+    out = engine.classify(images)
+    feats = micro_backbone.forward_features(images)
+    for name, head in heads.items():
+        assert torch.allclose(out[name], head(feats, micro_backbone), atol=1e-4, rtol=1e-4)
+
+
+def test_avg_backbone_engine(micro_avg_backbone64):
+    bb = micro_avg_backbone64
+    heads = _heads(bb, MIXED[:3] + [dict(horizontal="adapter", vertical="adapter", dim=4, pooling="token")], torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    feats = bb.forward_features(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    for name, logits in engine.run(feats).items():
+        assert (logits - heads[name](feats, bb)).abs().max().item() < 1e-10
+
+
+def test_subset_of_tasks_in_requested_order(micro_backbone64):
+    bb = micro_backbone64
+    heads = _heads(bb, MIXED, torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    feats = bb.forward_features(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    out = engine.run(feats, ["task1", "task6", "task0"])
+    assert list(out) == ["task1", "task6", "task0"]
+    for name in out:
+        assert (out[name] - heads[name](feats, bb)).abs().max().item() < 1e-10
+    again = engine.run(feats, ["task1", "task6", "task0"])  # from the subset cache
+    assert all(torch.equal(again[n], out[n]) for n in out)
+
+
+def test_unknown_task_names_it(micro_backbone):
+    engine = MultiTaskEngine(micro_backbone, _heads(micro_backbone, MIXED[:1], torch.float32))
+    with pytest.raises(InputError, match="unknown tasks \\['nope'\\]"):
+        engine.run(micro_backbone.forward_features(torch.randn(1, 3, 32, 32)), ["nope"])
+
+
+def test_wrong_feature_count(micro_backbone):
+    engine = MultiTaskEngine(micro_backbone, _heads(micro_backbone, MIXED[:1], torch.float32))
+    with pytest.raises(InputError, match="expected 4 feature tensors"):
+        engine.run([torch.zeros(1, 17, 32)] * 2)
+
+
+def test_engine_uses_one_token_for_class_token_heads(micro_backbone64, monkeypatch):
+    """Class-token groups see [B, 1, D] per layer, mean-pooled ones all patch tokens."""
+    from restuning.kernels import reference
+
+    seen = []
+    original = reference.bypass_stage
+
+    def spy(x, b, w, s):
+        seen.append((w.pooling, x.shape[0]))
+        return original(x, b, w, s)
+
+    monkeypatch.setattr(reference, "bypass_stage", spy)
+    bb = micro_backbone64
+    heads = _heads(bb, [MIXED[0], MIXED[5]], torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    engine.run(bb.forward_features(torch.randn(2, 3, 32, 32, dtype=torch.float64)))
+    assert {("token", 2), ("avg", 2 * 16)} == set(seen)
