@@ -21,6 +21,7 @@ import torch
 from restuning.backbones.base import Backbone
 from restuning.bypass import ResTuningBypass
 from restuning.errors import ConfigError, InputError
+from restuning import kernels
 from restuning.kernels import reference
 from restuning.kernels.weights import ACTIVATION_OF_TYPE, GroupWeights
 
@@ -198,7 +199,7 @@ class MultiTaskEngine:
         for group in self._groups_for(names):
             positions = self.backbone.token_positions(group.pooling)
             selected = [t[:, positions].to(self.dtype) for t in tokens]
-            b_last = reference.bypass_group(selected, group)  # [T, B, N_sel, D]
+            b_last = kernels.bypass_group(selected, group)  # [T, B, N_sel, D]
             pooled = self.backbone.pool(b_last).transpose(0, 1)  # [B, T, D]
             logits = reference.heads_logits(pooled, group.head_w, group.head_b)  # [B, T, C_max]
             for i, name in enumerate(group.names):

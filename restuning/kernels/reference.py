@@ -63,3 +63,24 @@ def heads_logits(
     head_b: torch.Tensor,  # [T, C_max]
 ) -> torch.Tensor:  # [B, T, C_max]
     return torch.einsum("btd,tdc->btc", pooled, head_w) + head_b
+
+
+def routed_adapter(
+    x: torch.Tensor,  # [M, D]   rows (tokens) of several samples
+    row_tuner: torch.Tensor,  # [M] int64: index of the tuner each row uses, −1 = no tuner (row passes through)
+    down_w: torch.Tensor,  # [T, D, r]
+    down_b: torch.Tensor,  # [T, r]
+    up_w: torch.Tensor,  # [T, r, D]
+    up_b: torch.Tensor,  # [T, D]
+    activation_kind: str = "gelu",
+) -> torch.Tensor:  # [M, D] = x + up(act(down(x))) with each row's own tuner
+    """Per-row tuner routing (multi-LoRA style): each sample of a batch may use a different tuner."""
+    out = x.clone()
+    for t in torch.unique(row_tuner).tolist():
+        if t < 0:
+            continue
+        rows = (row_tuner == t).nonzero(as_tuple=True)[0]
+        xs = x.index_select(0, rows)
+        h = activation(torch.addmm(down_b[t], xs, down_w[t]), activation_kind)
+        out.index_copy_(0, rows, xs + torch.addmm(up_b[t], h, up_w[t]))
+    return out
