@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ COMMAND_MODULES = (
     "training.commands",
     "server.commands",
     "clients.commands",
+    "training.style_commands", "clients.generate_commands",  # diffusion: train style; generate, bench generate
 )
 
 
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("restune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and friends: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except Exception as exc:  # one line for the user; -v shows the traceback
         if args.verbose:
             raise

@@ -1,11 +1,16 @@
 """`restune bench multitask`: one backbone pass + T heads vs the alternatives (paper Fig. 4).
 
 Methods, all measured in one process, interleaved, medians after warm-up:
-- backbone:    one frozen backbone forward;
-- engine:      one backbone forward + all T bypass heads through the multi-task engine;
-- naive:       one backbone forward + a Python loop over T separately built bypass heads;
-- full_models: T backbone forwards, each with its own linear head (T fully fine-tuned
-               models; they share one set of weights in memory, the compute is the same).
+- backbone:     one frozen backbone forward;
+- engine:       one backbone forward + all T bypass heads through the multi-task engine, on the
+                kernel backend given by `kernel_backend` ("auto": fused Triton kernels for CUDA
+                tensors, PyTorch on the CPU);
+- engine_torch: the same engine forced onto the PyTorch reference kernels (fused vs unfused);
+- engine_stage: the engine on the Triton kernels with one launch per bypass stage instead of one
+                launch for the whole layer stack (CUDA only);
+- naive:        one backbone forward + a Python loop over T separately built bypass heads;
+- full_models:  T backbone forwards, each with its own linear head (T fully fine-tuned
+                models; they share one set of weights in memory, the compute is the same).
 """
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ from restuning.backbones import create_backbone
 from restuning.benchmarking import device_slug, interleaved_medians, machine_info, write_results
 from restuning.bypass import BypassConfig, build_bypass
 from restuning.engine import MultiTaskEngine
+from restuning.errors import ConfigError
+from restuning.kernels.triton.bypass import bypass_mode
 
 log = logging.getLogger(__name__)
 
 # Class counts of the 19 VTAB-1K tasks (paper Table 9), cycled for any T.
 VTAB_CLASSES = (100, 102, 47, 102, 37, 10, 397, 2, 10, 45, 5, 8, 6, 6, 4, 16, 16, 18, 9)
-METHODS = ("backbone", "engine", "naive", "full_models")
+METHODS = ("backbone", "engine", "engine_torch", "engine_stage", "naive", "full_models")
+DEFAULT_METHODS = ("backbone", "engine", "naive", "full_models")
 
 
 def _heads(info, tasks: int, pooling: str, device, dtype) -> dict:
@@ -41,13 +49,19 @@ def run_multitask_bench(
     batches: Sequence[int] = (1,),
     task_counts: Sequence[int] = (1, 2, 4, 8, 19),
     poolings: Sequence[str] = ("token", "avg"),
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     repeats: int = 7,
     warmup: int = 2,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     weights: str = "random",
+    kernel_backend: str = "auto",
 ) -> dict:
+    from restuning import kernels
+
+    kernels.check_backend(kernel_backend)
+    if "engine_stage" in methods and torch.device(device).type != "cuda":
+        raise ConfigError("method engine_stage runs the Triton kernels and needs --device cuda")
     torch.manual_seed(0)
     backbone = create_backbone(backbone_name, weights=weights, device=device, dtype=dtype)
     info = backbone.info
@@ -58,7 +72,11 @@ def run_multitask_bench(
         for pooling in poolings:
             for tasks in task_counts:
                 heads = _heads(info, tasks, pooling, device, dtype)
-                engine = MultiTaskEngine(backbone, heads)
+                engine = MultiTaskEngine(backbone, heads, kernel_backend=kernel_backend)
+                engine_torch = MultiTaskEngine(backbone, heads, kernel_backend="torch") if (
+                    "engine_torch" in methods) else None
+                engine_triton = MultiTaskEngine(backbone, heads, kernel_backend="triton") if (
+                    "engine_stage" in methods) else None
                 linear_heads = [torch.nn.Linear(info.embed_dim, h.config.num_classes).to(device, dtype) for h in heads.values()]
                 positions = backbone.token_positions(pooling)
 
@@ -75,9 +93,15 @@ def run_multitask_bench(
                             out.append(linear(backbone.pool(last)))
                         return out
 
+                def engine_stage():
+                    with bypass_mode("stage"):
+                        return engine_triton.classify(images)
+
                 candidates = {
                     "backbone": lambda: backbone.forward_features(images),
                     "engine": lambda: engine.classify(images),
+                    "engine_torch": lambda: engine_torch.classify(images),
+                    "engine_stage": engine_stage,
                     "naive": naive,
                     "full_models": full_models,
                 }
@@ -96,6 +120,12 @@ def run_multitask_bench(
                     row["full_models_over_engine"] = round(medians["full_models"] / medians["engine"], 3)
                 if "engine" in medians and "naive" in medians:
                     row["naive_over_engine"] = round(medians["naive"] / medians["engine"], 3)
+                if "engine" in medians and "engine_torch" in medians:
+                    row["engine_torch_over_engine"] = round(medians["engine_torch"] / medians["engine"], 3)
+                if "engine_torch" in medians and "backbone" in medians:
+                    row["engine_torch_over_backbone"] = round(medians["engine_torch"] / medians["backbone"], 4)
+                if "engine_stage" in medians and "backbone" in medians:
+                    row["engine_stage_over_backbone"] = round(medians["engine_stage"] / medians["backbone"], 4)
                 ratios.append(row)
                 log.info("batch %d, %s pooling, %d tasks: %s", batch, pooling, tasks,
                          {k: round(v, 2) for k, v in medians.items()})
@@ -103,11 +133,23 @@ def run_multitask_bench(
     payload.update(
         benchmark="multitask",
         config={"backbone": backbone_name, "weights": backbone.info.weights, "dtype": str(dtype).replace("torch.", ""),
-                "repeats": repeats, "warmup": warmup, "head": "H+V adapters, dim 10, all layers"},
+                "repeats": repeats, "warmup": warmup, "head": "H+V adapters, dim 10, all layers",
+                "kernel_backend": kernel_backend, "engine_path": _engine_path(kernel_backend, device, dtype)},
         results=results,
         ratios=ratios,
     )
     return payload
+
+
+def _engine_path(kernel_backend: str, device: str, dtype: torch.dtype) -> str:
+    """What the `engine` method ran: 'triton' (fused kernels) or 'torch' (reference kernels)."""
+    from restuning import kernels
+
+    probe = torch.empty(0, device=device, dtype=dtype)
+    try:
+        return "triton" if kernels.use_triton(probe, kernel_backend) else "torch"
+    except ConfigError:
+        return "triton (unavailable here)"
 
 
 def plot_multitask(payload: dict, path: Path) -> Path:
@@ -141,7 +183,8 @@ def plot_multitask(payload: dict, path: Path) -> Path:
 
 
 def save_multitask(payload: dict, out_dir: Path | str, device: str, *, plot: bool = True) -> list[Path]:
-    name = f"multitask-{payload['config']['backbone']}-{device_slug(device)}"
+    dtype = payload["config"].get("dtype", "float32")
+    name = f"multitask-{payload['config']['backbone']}-{'' if dtype == 'float32' else dtype + '-'}{device_slug(device)}"
     paths = [write_results(name, payload, out_dir)]
     if plot:
         paths.append(plot_multitask(payload, Path(out_dir) / f"{name}.png"))

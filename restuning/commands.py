@@ -51,6 +51,9 @@ def register(groups) -> None:
     p.add_argument("--ffn", default="adapter", help="restuning: tuner beside FFN")
     p.add_argument("--block", default="none", help="restuning: tuner beside the whole block")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--diffusion", nargs="?", const="sd-v1.5", default=None, metavar="MODEL",
+                   help="count the U-Net style bypass instead: sd-v1.5 (default, meta device), tiny-random or a "
+                        "diffusers directory")
     p.set_defaults(handler=_describe)
 
     b = groups.bench.add_parser("multitask", help="engine vs one backbone forward vs naive heads vs T models")
@@ -59,7 +62,11 @@ def register(groups) -> None:
     b.add_argument("--batch", type=_int_list, default=[1], help="comma list, e.g. 1,32")
     b.add_argument("--tasks", type=_int_list, default=[1, 2, 4, 8, 19], help="comma list of head counts")
     b.add_argument("--pooling", default="token,avg", help="token, avg or token,avg")
-    b.add_argument("--methods", default="backbone,engine,naive,full_models")
+    b.add_argument("--methods", default="backbone,engine,naive,full_models",
+                   help="comma list of backbone, engine, engine_torch (engine on the PyTorch kernels), "
+                        "engine_stage (Triton, one launch per stage; CUDA), naive, full_models")
+    b.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                   help="kernel backend of the 'engine' method: auto = fused Triton kernels on CUDA, PyTorch on CPU")
     b.add_argument("--repeats", type=int, default=7)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="auto")
@@ -71,6 +78,12 @@ def register(groups) -> None:
 
 
 def _describe(args) -> int:
+    if args.diffusion:
+        from restuning.diffusion.describe import describe_diffusion
+
+        result = describe_diffusion(args.diffusion)
+        print(json.dumps(result, indent=None if args.json else 2))
+        return 0
     from restuning.describe import describe
 
     result = describe(
@@ -99,6 +112,7 @@ def _bench_multitask(args) -> int:
     payload = run_multitask_bench(
         backbone_name=args.backbone, batches=args.batch, task_counts=args.tasks, poolings=poolings,
         methods=methods, repeats=args.repeats, warmup=args.warmup, device=device, dtype=args.dtype,
+        kernel_backend=args.backend,
         weights=args.weights,
     )
     if not args.no_save:

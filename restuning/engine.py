@@ -22,7 +22,6 @@ from restuning.backbones.base import Backbone
 from restuning.bypass import ResTuningBypass
 from restuning.errors import ConfigError, InputError
 from restuning import kernels
-from restuning.kernels import reference
 from restuning.kernels.weights import ACTIVATION_OF_TYPE, GroupWeights
 
 
@@ -137,7 +136,10 @@ class MultiTaskEngine:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         subset_cache_size: int = 32,
+        kernel_backend: str | None = None,
     ):
+        """kernel_backend: "auto" | "torch" | "triton", or None to follow `kernels.set_backend` (see kernels)."""
+        self.kernel_backend = kernels.check_backend(kernel_backend) if kernel_backend is not None else None
         self.backbone = backbone
         param = next(backbone.parameters())
         self.device = torch.device(device) if device is not None else param.device
@@ -199,9 +201,8 @@ class MultiTaskEngine:
         for group in self._groups_for(names):
             positions = self.backbone.token_positions(group.pooling)
             selected = [t[:, positions].to(self.dtype) for t in tokens]
-            b_last = kernels.bypass_group(selected, group)  # [T, B, N_sel, D]
-            pooled = self.backbone.pool(b_last).transpose(0, 1)  # [B, T, D]
-            logits = reference.heads_logits(pooled, group.head_w, group.head_b)  # [B, T, C_max]
+            # bypass [T, B, N_sel, D] → final norm + pooling → heads: fused Triton kernels on CUDA
+            logits = kernels.group_logits(selected, group, self.backbone, backend=self.kernel_backend)  # [B, T, C_max]
             for i, name in enumerate(group.names):
                 out[name] = logits[:, i, : group.num_classes[i]]
         if names is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.redis_fixture import redis_server, redis_url  # noqa: F401  (a real redis-server; see tests/redis_fixture.py)
+
 
 @pytest.fixture(scope="session")
 def micro_backbone():

@@ -1,1 +1,66 @@
-"""tuner_store"""
+"""Tuner artifacts (one safetensors file per tuner) and the stores that hold them (file://, redis://).
+
+Importing this package loads neither redis nor safetensors' loaders; the Redis backend imports
+redis when a redis:// store is opened.
+"""
+from tuner_store.artifact import (
+    DEFAULT_MAX_ARTIFACT_BYTES,
+    FORMAT_VERSION,
+    KIND_VALIDATORS,
+    KINDS,
+    NAME_PATTERN,
+    NAME_RULE,
+    TunerArtifact,
+    build_bypass_from_artifact,
+    classification_artifact,
+    decode_artifact,
+    encode_artifact,
+    read_artifact,
+    validate_artifact,
+    write_artifact,
+)
+from tuner_store.errors import (
+    ArtifactError,
+    ConflictError,
+    NotFoundError,
+    StoreError,
+    StoreResetError,
+    StoreUnavailableError,
+)
+from tuner_store.store import (
+    DEFAULT_STORE_URL,
+    ChangeEvent,
+    TunerRecord,
+    TunerStore,
+    open_store,
+    parse_ref,
+)
+
+__all__ = [
+    "ArtifactError",
+    "ChangeEvent",
+    "ConflictError",
+    "DEFAULT_MAX_ARTIFACT_BYTES",
+    "DEFAULT_STORE_URL",
+    "FORMAT_VERSION",
+    "KINDS",
+    "KIND_VALIDATORS",
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "NotFoundError",
+    "StoreError",
+    "StoreResetError",
+    "StoreUnavailableError",
+    "TunerArtifact",
+    "TunerRecord",
+    "TunerStore",
+    "build_bypass_from_artifact",
+    "classification_artifact",
+    "decode_artifact",
+    "encode_artifact",
+    "open_store",
+    "parse_ref",
+    "read_artifact",
+    "validate_artifact",
+    "write_artifact",
+]

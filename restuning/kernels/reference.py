@@ -8,6 +8,7 @@ plain batched GEMM over T with no broadcasting copies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -84,3 +85,43 @@ def routed_adapter(
         h = activation(torch.addmm(down_b[t], xs, down_w[t]), activation_kind)
         out.index_copy_(0, rows, xs + torch.addmm(up_b[t], h, up_w[t]))
     return out
+
+
+@dataclass(frozen=True)
+class LayerNormSpec:
+    """A frozen LayerNorm over the last dim: (x − mean)/sqrt(var + eps)·weight + bias (weight/bias optional)."""
+
+    weight: torch.Tensor | None  # [D]
+    bias: torch.Tensor | None  # [D]
+    eps: float
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> "LayerNormSpec | None":
+        """The spec of an nn.LayerNorm over one dim, None for nn.Identity; ValueError for anything else."""
+        if isinstance(module, torch.nn.Identity):
+            return None
+        if isinstance(module, torch.nn.LayerNorm) and len(module.normalized_shape) == 1:
+            return cls(module.weight, module.bias, float(module.eps))
+        raise ValueError(f"not a LayerNorm over the last dim or Identity: {type(module).__name__}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+def norm_pool_logits(
+    b_last: torch.Tensor,  # [T, B, N, D]  bypass output, cut to the pooling's token positions
+    norm1: LayerNormSpec | None,  # the backbone's final norm (per token), None = identity
+    norm2: LayerNormSpec | None,  # its post-pool norm (timm fc_norm), None = identity
+    head_w: torch.Tensor,  # [T, D, C_max]
+    head_b: torch.Tensor,  # [T, C_max]
+) -> torch.Tensor:  # [B, T, C_max]
+    """Final norm, pooling (class token when N = 1, else mean), post-pool norm and every task head.
+
+    Equals `heads_logits(backbone.pool(b_last).transpose(0, 1), head_w, head_b)` for a backbone
+    whose final_norm / post_pool_norm are these LayerNorms (or identities).
+    """
+    normed = norm1(b_last) if norm1 is not None else b_last
+    pooled = normed[..., 0, :] if normed.shape[-2] == 1 else normed.mean(dim=-2)  # [T, B, D]
+    if norm2 is not None:
+        pooled = norm2(pooled)
+    return heads_logits(pooled.transpose(0, 1), head_w, head_b)

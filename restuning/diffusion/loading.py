@@ -1,0 +1,235 @@
+"""Loading the frozen Stable Diffusion parts: a local diffusers directory, or `tiny-random` built in code.
+
+Nothing is ever downloaded: directories load with `local_files_only=True`, weights only from
+safetensors (a directory that has only `.bin`/`.ckpt` weights is refused, never unpickled), and
+HF_HUB_OFFLINE defaults to 1 before diffusers/transformers are imported.
+
+`tiny-random` is an SD-shaped model small enough for tests on 2 CPU cores, built with a fixed seed:
+- U-Net: the SD v1.5 block layout (3 CrossAttnDownBlock2D + DownBlock2D, UNetMidBlock2DCrossAttn,
+  UpBlock2D + 3 CrossAttnUpBlock2D), channels (32, 64, 64, 64), 1 layer per block, 8 norm groups,
+  cross-attention dim 32; 16×16 latents by default.
+- VAE: AutoencoderKL with 3 resolutions (pixel factor 4), 4 latent channels, so the default image
+  is 64×64. Its latents already have std ≈ 1, so its scaling_factor is 1.0 (SD's 0.18215 exists to
+  bring *its* VAE's latents to unit variance).
+- Text encoder: CLIPTextModel, hidden size 32, 2 layers, 77 positions.
+- Tokenizer: a real `transformers.CLIPTokenizer` (byte-level BPE) over a vocabulary built in code:
+  the 256 byte symbols, each also with the end-of-word suffix `</w>`, plus <|startoftext|> and
+  <|endoftext|>, and no merges, so it tokenises any text character by character.
+- Scheduler config: SD v1.5's (scaled-linear betas 0.00085 → 0.012, 1000 steps, PNDM skip_prk_steps).
+The weights are random: images from `tiny-random` are not pictures of anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from restuning.errors import ConfigError
+
+TINY_RANDOM = "tiny-random"
+TINY_SEED = 0
+REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
+WEIGHT_SUFFIXES_SAFE = (".safetensors",)
+WEIGHT_SUFFIXES_UNSAFE = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+# Stable Diffusion v1.5 scheduler/scheduler_config.json (PNDM) — also used for tiny-random.
+SD15_SCHEDULER_CONFIG: dict = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "trained_betas": None,
+}
+
+TINY_UNET_CONFIG: dict = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64, 64, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
+TINY_VAE_CONFIG: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [16, 32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+    "scaling_factor": 1.0,
+}
+TINY_TEXT_CONFIG: dict = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+
+
+def ensure_offline() -> None:
+    """Default the Hugging Face libraries to offline mode before they are imported (no downloads, no telemetry)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@dataclass
+class DiffusionComponents:
+    """The frozen parts of a Stable Diffusion model, in float32 on CPU as loaded."""
+
+    name: str
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    source: str  # "tiny-random:<seed>" or the directory
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode map used by byte-level BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def tiny_vocab() -> dict[str, int]:
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    symbols = list(bytes_to_unicode().values())
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    return vocab
+
+
+def build_tiny_random(seed: int = TINY_SEED) -> DiffusionComponents:
+    """The tiny SD-shaped model, deterministic for a seed; the global RNG is left untouched."""
+    ensure_offline()
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = tiny_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        torch.manual_seed(seed + 2)
+        text_config = CLIPTextConfig(vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                     **TINY_TEXT_CONFIG)
+        text_encoder = CLIPTextModel(text_config)
+    return DiffusionComponents(
+        name=TINY_RANDOM if seed == TINY_SEED else f"{TINY_RANDOM}:{seed}", unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        scheduler_config=dict(SD15_SCHEDULER_CONFIG), source=f"tiny-random:{seed}",
+    )
+
+
+def save_components(components: DiffusionComponents, path: str | os.PathLike) -> Path:
+    """Write the components as a diffusers directory (SD layout, safetensors only)."""
+    path = Path(path)
+    components.unet.save_pretrained(path / "unet", safe_serialization=True)
+    components.vae.save_pretrained(path / "vae", safe_serialization=True)
+    components.text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
+    components.tokenizer.save_pretrained(path / "tokenizer")
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    scheduler = {"_class_name": "PNDMScheduler", **components.scheduler_config}
+    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+    return path
+
+
+def directory_problems(path: Path) -> list[str]:
+    """Everything wrong with a diffusers directory before anything is loaded."""
+    if not path.exists():
+        return [f"diffusion model {str(path)!r} does not exist; give {TINY_RANDOM!r} or a local diffusers directory "
+                "(SD v1.5 layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/)"]
+    if not path.is_dir():
+        return [f"diffusion model {str(path)!r} is not a directory; give {TINY_RANDOM!r} or a diffusers directory"]
+    problems = []
+    for sub in REQUIRED_SUBFOLDERS:
+        folder = path / sub
+        if not folder.is_dir():
+            problems.append(f"{folder} is missing (a diffusers directory has {', '.join(REQUIRED_SUBFOLDERS)})")
+            continue
+        if sub == "tokenizer":
+            continue
+        if not (folder / "config.json").is_file():
+            problems.append(f"{folder / 'config.json'} is missing")
+        files = [f.name for f in folder.iterdir() if f.is_file()]
+        safe = [f for f in files if f.endswith(WEIGHT_SUFFIXES_SAFE)]
+        unsafe = [f for f in files if f.endswith(WEIGHT_SUFFIXES_UNSAFE)]
+        if not safe and unsafe:
+            problems.append(
+                f"{folder} holds only pickle-based weights ({', '.join(sorted(unsafe))}); restune loads safetensors "
+                "only: convert them (e.g. save_pretrained(safe_serialization=True)) on a trusted machine"
+            )
+        elif not safe:
+            problems.append(f"{folder} has no .safetensors weights")
+    return problems
+
+
+def load_directory(path: str | os.PathLike) -> DiffusionComponents:
+    ensure_offline()
+    path = Path(path)
+    problems = directory_problems(path)
+    if problems:
+        raise ConfigError(problems)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = {"local_files_only": True, "use_safetensors": True}
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32, **common)
+    vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32, **common)
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=torch.float32, **common)
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    scheduler_config = dict(SD15_SCHEDULER_CONFIG)
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file():
+        loaded = json.loads(sched_file.read_text())
+        scheduler_config.update({k: v for k, v in loaded.items() if not k.startswith("_")})
+    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+        raise ConfigError(
+            f"text encoder hidden size {text_encoder.config.hidden_size} does not match the U-Net's "
+            f"cross_attention_dim {unet.config.cross_attention_dim}"
+        )
+    return DiffusionComponents(
+        name=path.resolve().name, unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer, scheduler_config=scheduler_config, source=str(path.resolve()),
+    )
+
+
+def load_components(model: str | os.PathLike) -> DiffusionComponents:
+    """`tiny-random` or a local diffusers directory; float32 on CPU."""
+    if str(model) == TINY_RANDOM:
+        return build_tiny_random()
+    if isinstance(model, str) and model.startswith(TINY_RANDOM + ":"):
+        seed = model.split(":", 1)[1]
+        if not seed.isdigit():
+            raise ConfigError(f"{model!r}: the seed after 'tiny-random:' must be a non-negative integer")
+        return build_tiny_random(int(seed))
+    return load_directory(model)

@@ -1,0 +1,253 @@
+"""`restune bench serve`: a real server on loopback under N concurrent clients vs the raw engine.
+
+In one run: (1) start `restune serve` as a subprocess on a free loopback port with
+T random tuners in a fresh local store, (2) drive it with N concurrent clients for
+S seconds using distinct images (the feature cache is off so every request pays
+for its backbone share), (3) measure put-to-serving latency of hot-loaded tuners,
+(4) stop the server and time the raw engine in this process at the server's mean
+batch size. Throughput ratio = server / raw engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg_images(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Distinct smooth images (JPEG) so decoding cost is realistic and no two requests share a cache key."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(count):
+        a, b, c = rng.uniform(0.5, 6.0, 3)
+        phase = rng.uniform(0, 6.28, 3)
+        channels = [np.sin(a * 6.28 * xx + phase[0]) * np.cos(b * 6.28 * yy + phase[1]),
+                    np.sin(c * 6.28 * (xx + yy) + phase[2]), np.cos(a * 3.14 * xx * yy + phase[1])]
+        pixels = ((np.stack(channels, -1) + 1) * 127.5 + rng.normal(0, 8, (size, size, 3))).clip(0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _fill_store(store_url: str, backbone, tasks: int) -> list[str]:
+    from restuning.bench_multitask import VTAB_CLASSES
+    from restuning.bypass import BypassConfig, build_bypass
+    from tuner_store.artifact import classification_artifact
+    from tuner_store.store import open_store
+
+    store = open_store(store_url)
+    names = []
+    for i in range(tasks):
+        classes = VTAB_CLASSES[i % len(VTAB_CLASSES)]
+        bypass = build_bypass(BypassConfig.create(backbone.info, num_classes=classes), backbone.embed_dim, seed=i)
+        name = f"task{i:02d}"
+        store.put(classification_artifact(name, bypass, [f"c{k}" for k in range(classes)], backbone, {}))
+        names.append(name)
+    store.close()
+    return names
+
+
+def _histogram_mean(metrics_text: str, name: str) -> float | None:
+    total = re.search(rf"^{name}_sum (\S+)$", metrics_text, re.M)
+    count = re.search(rf"^{name}_count (\S+)$", metrics_text, re.M)
+    if not total or not count or float(count.group(1)) == 0:
+        return None
+    return float(total.group(1)) / float(count.group(1))
+
+
+async def _drive(url: str, images: list[bytes], concurrency: int, duration: float) -> dict:
+    import httpx
+
+    bodies = [{"image": base64.b64encode(img).decode(), "top_k": 1} for img in images]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = 0
+    stop_at = time.perf_counter() + duration
+
+    async with httpx.AsyncClient(base_url=url, timeout=60.0,
+                                 limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+        async def worker(offset: int):
+            nonlocal counter
+            i = offset
+            while time.perf_counter() < stop_at:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                start = time.perf_counter()
+                try:
+                    r = await client.post("/v1/classify", json=body)
+                    ok = r.status_code == 200
+                    if not ok:
+                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                except httpx.HTTPError as exc:
+                    ok = False
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                    counter += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        metrics_text = (await client.get("/metrics")).text
+    latencies.sort()
+
+    def pct(p):
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2) if latencies else None
+
+    return {
+        "requests_ok": counter,
+        "errors": errors,
+        "elapsed_s": round(elapsed, 3),
+        "throughput_rps": round(counter / elapsed, 3),
+        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "mean_batch_size": _histogram_mean(metrics_text, "restune_batch_size"),
+    }
+
+
+async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dict:
+    """Seconds from a store put (as a trainer would do it) until the server answers with the new version."""
+    import httpx
+
+    from restuning.bypass import BypassConfig, build_bypass
+    from tuner_store.artifact import classification_artifact
+    from tuner_store.store import open_store
+
+    store = open_store(store_url)
+    samples = []
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+        for i in range(puts):
+            bypass = build_bypass(BypassConfig.create(backbone.info, num_classes=3), backbone.embed_dim, seed=1000 + i)
+            start = time.perf_counter()
+            record = store.put(classification_artifact("hotload", bypass, ["a", "b", "c"], backbone, {}))
+            while True:
+                r = await client.get("/v1/tuners/hotload")
+                if r.status_code == 200 and r.json().get("serving_version") == record.version:
+                    break
+                if time.perf_counter() - start > 30:
+                    raise RuntimeError("a hot-loaded tuner did not start serving within 30 s")
+                await asyncio.sleep(0.005)
+            samples.append(time.perf_counter() - start)
+    store.close()
+    samples.sort()
+    return {
+        "puts": puts,
+        "p50_s": round(statistics.median(samples), 4),
+        "p99_s": round(samples[min(len(samples) - 1, int(0.99 * len(samples)))], 4),
+        "max_s": round(samples[-1], 4),
+    }
+
+
+def _raw_engine(backbone, names, store_url, images: list[bytes], batch: int, repeats: int) -> dict:
+    from restuning.engine import MultiTaskEngine
+    from restuning.preprocess import ImagePreprocessor, load_image
+    from restuning.benchmarking import interleaved_medians
+    from tuner_store.artifact import build_bypass_from_artifact
+    from tuner_store.store import open_store
+
+    store = open_store(store_url)
+    heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
+    store.close()
+    engine = MultiTaskEngine(backbone, heads)
+    pre = ImagePreprocessor(backbone.info)
+    pixels = torch.stack([pre(load_image(images[i % len(images)])) for i in range(batch)])
+    medians = interleaved_medians({"engine": lambda: engine.classify(pixels)}, repeats=repeats, warmup=2)
+    return {"batch": batch, "median_ms": round(medians["engine"], 3),
+            "throughput_ips": round(batch / (medians["engine"] / 1000), 3)}
+
+
+def run_serve_bench(
+    *,
+    backbone_name: str = "vit_tiny_patch16_224",
+    tasks: int = 19,
+    concurrency: int = 16,
+    duration: float = 30.0,
+    max_batch_size: int | None = None,
+    max_queue_delay_ms: float = 5.0,
+    hotload_puts: int = 20,
+    image_size: int = 256,
+    repeats: int = 10,
+) -> dict:
+    from restuning.backbones import create_backbone
+    from restuning.benchmarking import machine_info
+
+    max_batch_size = max_batch_size or max(1, concurrency // 2)
+    backbone = create_backbone(backbone_name, weights="random:0")
+    images = _jpeg_images(max(64, 4 * concurrency), image_size)
+    with tempfile.TemporaryDirectory(prefix="restune-bench-") as tmp:
+        store_url = f"file://{tmp}/store"
+        names = _fill_store(store_url, backbone, tasks)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "clients.cli", "serve", "--backbone", backbone_name, "--weights", "random:0",
+               "--store", store_url, "--port", str(port), "--device", "cpu", "--feature-cache-mb", "0",
+               "--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms),
+               "--max-queue-size", str(4 * concurrency), "--log-level", "warning"]
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
+            try:
+                _wait_ready(url, proc, log_path)
+                asyncio.run(_drive(url, images, concurrency, min(3.0, duration)))  # warm-up
+                load = asyncio.run(_drive(url, images, concurrency, duration))
+                hotload = asyncio.run(_hotload_latency(url, store_url, backbone, hotload_puts)) if hotload_puts else None
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        batch = max(1, round(load["mean_batch_size"] or max_batch_size))
+        raw = _raw_engine(backbone, names, store_url, images, batch, repeats)
+    ratio = load["throughput_rps"] / raw["throughput_ips"] if raw["throughput_ips"] else None
+    payload = machine_info("cpu")
+    payload.update(
+        benchmark="serve",
+        config={"backbone": backbone_name, "weights": "random:0", "tasks": tasks, "concurrency": concurrency,
+                "duration_s": duration, "max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms,
+                "feature_cache": "off", "image": f"{image_size}x{image_size} JPEG, distinct per request",
+                "transport": "HTTP/1.1 JSON + base64 on loopback, server in a separate process"},
+        server=load,
+        raw_engine=raw,
+        throughput_ratio=round(ratio, 4) if ratio is not None else None,
+        hotload=hotload,
+    )
+    return payload
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited early:\n{log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s")

@@ -1,0 +1,508 @@
+"""`restune bench soak`: a real server under a steady mixed load for a long time; errors and memory over time.
+
+One run: start `restune serve` as a subprocess on a free loopback port (a fresh local store, or the store URL
+given), fill it with stable tuners, then for warm-up + duration seconds send operations at a fixed rate, open
+loop (an operation is due at t0 + k / rate whether or not earlier ones have answered):
+
+- classify (most of the load): every loaded task, or a few of the stable tasks, on one of a pool of distinct
+  images (more images than the feature cache holds, so the cache stays full and keeps evicting);
+- upload / delete (the `--write-fraction`): a few churn tuners are uploaded as new versions and deleted again,
+  in turn, through the HTTP API with the admin token, so the server keeps rebuilding its tuner snapshot.
+
+Every answer that is not the expected 2xx is an error. The server process's RSS (and threads, open files, the
+feature cache's size) is sampled every `--sample-interval` seconds. Memory is judged on the measured part only
+(after warm-up): the peak RSS of its second half may exceed the first half's peak by at most `--rss-tolerance-mb`.
+At the end the tuners the server reports must be the stable ones plus the churn ones currently stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLASSIFY, UPLOAD, DELETE = "classify", "upload", "delete"
+
+
+@dataclass
+class SoakConfig:
+    backbone: str = "vit_tiny_patch16_224"
+    weights: str = "random:0"
+    duration: float = 600.0
+    warmup: float = 30.0
+    rate: float = 20.0  # operations per second, all kinds together
+    write_fraction: float = 0.1  # share of operations that are uploads or deletes
+    tasks: int = 8  # stable tuners, never deleted
+    churn: int = 3  # tuners uploaded and deleted in turn
+    images: int = 256
+    image_size: int = 224
+    max_in_flight: int = 64
+    sample_interval: float = 1.0
+    rss_tolerance_mb: float = 32.0
+    store: str | None = None  # None: a fresh file store in a temporary directory
+    server_args: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class _Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {CLASSIFY: [], UPLOAD: [], DELETE: []})
+    errors: Counter = field(default_factory=Counter)  # "classify 503", "upload ReadTimeout", …
+    examples: dict[str, str] = field(default_factory=dict)  # first answer of each kind of error
+    lateness: list[float] = field(default_factory=list)  # seconds each operation started after it was due
+
+    def error(self, key: str, detail: str) -> None:
+        self.errors[key] += 1
+        self.examples.setdefault(key, detail[:300])
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+
+    return {"count": len(ordered), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+
+def _artifacts(backbone, names: list[str], seeds: list[int], num_classes: int = 5) -> dict[tuple[str, int], bytes]:
+    from restuning.bypass import BypassConfig, build_bypass
+    from tuner_store.artifact import classification_artifact, encode_artifact
+
+    out = {}
+    for name in names:
+        for seed in seeds:
+            bypass = build_bypass(BypassConfig.create(backbone.info, num_classes=num_classes), backbone.embed_dim,
+                                  seed=seed)
+            labels = [f"{name}-{k}" for k in range(num_classes)]
+            out[(name, seed)] = encode_artifact(classification_artifact(name, bypass, labels, backbone, {}))
+    return out
+
+
+class _Churn:
+    """The churn tuners' state as this client knows it; writes go one at a time, in order, so it stays exact."""
+
+    def __init__(self, names: list[str], blobs: dict[tuple[str, int], bytes], seeds: list[int]):
+        self.names = names
+        self.blobs = blobs
+        self.seeds = seeds
+        self.present: set[str] = set()
+        self.uploads = Counter()  # name -> uploads so far (picks the next blob: new content, so a new version)
+        self.turn = 0
+
+    def next_write(self) -> tuple[str, str, bytes | None]:
+        name = self.names[self.turn % len(self.names)]
+        self.turn += 1
+        if name in self.present:
+            return DELETE, name, None
+        seed = self.seeds[self.uploads[name] % len(self.seeds)]
+        return UPLOAD, name, self.blobs[(name, seed)]
+
+
+async def _drive(url: str, token: str, cfg: SoakConfig, bodies: list[dict], stable: list[str], churn: _Churn,
+                 stats: _Stats, stop_at: float, t0: float) -> dict:
+    import httpx
+
+    rng = random.Random(cfg.seed)
+    auth = {"Authorization": f"Bearer {token}"}
+    gate = asyncio.Semaphore(cfg.max_in_flight)
+    writes = asyncio.Lock()  # uploads and deletes in the order they were due
+    tasks: set[asyncio.Task] = set()
+    due_count = 0
+
+    async with httpx.AsyncClient(base_url=url, timeout=60.0,
+                                 limits=httpx.Limits(max_connections=cfg.max_in_flight + 4)) as client:
+
+        async def classify(body: dict, wanted: list[str] | None) -> None:
+            start = time.perf_counter()
+            try:
+                r = await client.post("/v1/classify", json=body)
+            except httpx.HTTPError as exc:
+                stats.error(f"{CLASSIFY} {type(exc).__name__}", repr(exc))
+                return
+            if r.status_code != 200:
+                stats.error(f"{CLASSIFY} {r.status_code}", r.text)
+                return
+            got = r.json().get("results", {})
+            if wanted is not None and sorted(got) != sorted(wanted):
+                stats.error(f"{CLASSIFY} wrong tasks", f"asked {wanted}, got {sorted(got)}")
+                return
+            if wanted is None and not set(stable) <= set(got):
+                stats.error(f"{CLASSIFY} missing stable tasks", f"got {sorted(got)}")
+                return
+            stats.latencies[CLASSIFY].append(time.perf_counter() - start)
+
+        async def write() -> None:
+            async with writes:
+                kind, name, blob = churn.next_write()
+                start = time.perf_counter()
+                try:
+                    if kind == UPLOAD:
+                        r = await client.post("/v1/tuners", content=blob,
+                                              headers={**auth, "Content-Type": "application/octet-stream"})
+                    else:
+                        r = await client.delete(f"/v1/tuners/{name}", headers=auth)
+                except httpx.HTTPError as exc:
+                    stats.error(f"{kind} {type(exc).__name__}", repr(exc))
+                    return
+                if r.status_code != (201 if kind == UPLOAD else 200):
+                    stats.error(f"{kind} {r.status_code}", r.text)
+                    return
+                if kind == UPLOAD:
+                    churn.present.add(name)
+                    churn.uploads[name] += 1
+                else:
+                    churn.present.discard(name)
+                stats.latencies[kind].append(time.perf_counter() - start)
+
+        async def run_one(due: float, op) -> None:
+            async with gate:
+                stats.lateness.append(max(0.0, time.perf_counter() - due))
+                await op
+
+        while True:
+            due = t0 + due_count / cfg.rate
+            if due >= stop_at:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if rng.random() < cfg.write_fraction:
+                op = write()
+            else:
+                body = dict(bodies[rng.randrange(len(bodies))])
+                wanted = None
+                if rng.random() < 0.5:
+                    wanted = rng.sample(stable, k=min(len(stable), rng.randint(1, 3)))
+                    body["tasks"] = wanted
+                op = classify(body, wanted)
+            task = asyncio.get_running_loop().create_task(run_one(due, op))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            due_count += 1
+        if tasks:
+            await asyncio.gather(*tasks)
+        return {"scheduled": due_count}
+
+
+async def _sample_rss(pid: int, url: str, interval: float, stop: asyncio.Event, t0: float, out: list[dict]) -> None:
+    """RSS, threads and open files of the server process; and the feature cache's bytes, from /metrics.
+
+    The feature cache fills up to --feature-cache-mb early in a run; its bytes beside RSS tell that growth
+    apart from a leak.
+    """
+    import httpx
+    import psutil
+
+    proc = psutil.Process(pid)
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        while not stop.is_set():
+            try:
+                with proc.oneshot():
+                    sample = {"t_s": round(time.perf_counter() - t0, 2),
+                              "rss_mb": round(proc.memory_info().rss / 2**20, 2),
+                              "threads": proc.num_threads(),
+                              "fds": proc.num_fds() if hasattr(proc, "num_fds") else None}
+            except psutil.Error:
+                return
+            try:
+                cache = _metric_value((await client.get("/metrics")).text, "restune_feature_cache_bytes")
+                sample["feature_cache_mb"] = round(cache / 2**20, 2) if cache is not None else None
+            except httpx.HTTPError:
+                sample["feature_cache_mb"] = None
+            out.append(sample)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _memory_verdict(samples: list[dict], warmup: float, tolerance_mb: float) -> dict:
+    """Steady when the RSS high-water mark stops rising: the second half of the measured run never goes more than
+    `tolerance_mb` above the first half's peak.
+
+    A leak keeps raising the peak for as long as the load runs. A burst (a queue that built up while the machine
+    was busy) raises it once, and the allocator keeps those pages afterwards, so RSS steps up and stays flat: that
+    is not a leak, and a comparison of the end against the start would call it one.
+    """
+    measured = [s for s in samples if s["t_s"] >= warmup]
+    if len(measured) < 8:
+        return {"measured_samples": len(measured), "steady": None,
+                "why": "too few samples after warm-up to judge (run longer or sample more often)"}
+    n = len(measured)
+    rss = [s["rss_mb"] for s in measured]
+    first_peak, second_peak = max(rss[: n // 2]), max(rss[n // 2:])
+    second_half = measured[n // 2:]
+    ts = [s["t_s"] for s in second_half]
+    mean_t, mean_r = statistics.fmean(ts), statistics.fmean(rss[n // 2:])
+    var_t = sum((t - mean_t) ** 2 for t in ts)
+    slope = sum((t - mean_t) * (r - mean_r) for t, r in zip(ts, rss[n // 2:])) / var_t if var_t else 0.0
+    return {
+        "measured_samples": n,
+        "rss_at_warmup_end_mb": rss[0],
+        "rss_end_mb": rss[-1],
+        "rss_max_mb": max(rss),
+        "feature_cache_end_mb": measured[-1].get("feature_cache_mb"),
+        "first_half_peak_mb": first_peak,
+        "second_half_peak_mb": second_peak,
+        "peak_growth_mb": round(second_peak - first_peak, 2),
+        "second_half_slope_mb_per_min": round(slope * 60, 3),
+        "tolerance_mb": tolerance_mb,
+        "steady": second_peak - first_peak <= tolerance_mb,
+    }
+
+
+def _plot(samples: list[dict], warmup: float, path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([s["t_s"] for s in samples], [s["rss_mb"] for s in samples], lw=1.2, label="server RSS")
+    cached = [(s["t_s"], s["feature_cache_mb"]) for s in samples if s.get("feature_cache_mb") is not None]
+    if cached:
+        ax.plot(*zip(*cached), lw=1.0, color="tab:orange", label="of which feature cache (its own count)")
+    ax.axvline(warmup, color="grey", ls="--", lw=0.8, label="end of warm-up")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("MiB")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _served_tuners(url: str) -> set[str]:
+    import httpx
+
+    r = httpx.get(f"{url}/v1/tuners", timeout=30)
+    r.raise_for_status()
+    return {t["name"] for t in r.json()["tuners"] if t["serving"]}
+
+
+def run_soak(cfg: SoakConfig) -> dict:
+    from restuning.backbones import create_backbone
+    from restuning.benchmarking import machine_info
+    from server.bench_serve import _jpeg_images, _wait_ready, free_port
+    from tuner_store.store import open_store
+
+    backbone = create_backbone(cfg.backbone, weights=cfg.weights)
+    images = _jpeg_images(cfg.images, cfg.image_size, seed=cfg.seed)
+    bodies = [{"image": base64.b64encode(img).decode(), "top_k": 3} for img in images]
+    stable = [f"soak-stable-{i:02d}" for i in range(cfg.tasks)]
+    churn_names = [f"soak-churn-{i}" for i in range(cfg.churn)]
+    seeds = [1000, 1001]
+    blobs = _artifacts(backbone, stable + churn_names, seeds)
+    token = secrets.token_hex(16)
+
+    with tempfile.TemporaryDirectory(prefix="restune-soak-") as tmp:
+        store_url = cfg.store or f"file://{tmp}/store"
+        with open_store(store_url) as store:
+            for name in churn_names:  # a scratch store: start from a known churn state
+                if name in store.latest():
+                    store.delete(name)
+            for name in stable:
+                store.put(blobs[(name, seeds[0])])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "clients.cli", "serve", "--backbone", cfg.backbone, "--weights", cfg.weights,
+               "--store", store_url, "--port", str(port), "--device", "cpu", "--log-level", "warning",
+               *cfg.server_args]
+        log_path = Path(tmp) / "server.log"
+        stats = _Stats()
+        samples: list[dict] = []
+        # the token goes through the environment, so it is not on any command line `ps` shows
+        env = {**os.environ, "RESTUNE_ADMIN_TOKEN": token}
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            try:
+                _wait_ready(url, proc, log_path)
+                churn = _Churn(churn_names, blobs, seeds)
+
+                async def main() -> dict:
+                    stop = asyncio.Event()
+                    t0 = time.perf_counter()
+                    sampler = asyncio.get_running_loop().create_task(
+                        _sample_rss(proc.pid, url, cfg.sample_interval, stop, t0, samples))
+                    try:
+                        return await _drive(url, token, cfg, bodies, stable, churn, stats,
+                                            t0 + cfg.warmup + cfg.duration, t0)
+                    finally:
+                        stop.set()
+                        await sampler
+
+                began = time.perf_counter()
+                schedule = asyncio.run(main())
+                elapsed = time.perf_counter() - began
+                expected = set(stable) | churn.present
+                deadline = time.monotonic() + 10  # the last write may still be hot-loading
+                served = _served_tuners(url)
+                while served != expected and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    served = _served_tuners(url)
+                import httpx
+
+                metrics_text = httpx.get(f"{url}/metrics", timeout=30).text
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        server_log_tail = log_path.read_text(errors="replace")[-3000:]
+
+    memory = _memory_verdict(samples, cfg.warmup, cfg.rss_tolerance_mb)
+    completed = sum(len(v) for v in stats.latencies.values())
+    errors = sum(stats.errors.values())
+    late = stats.lateness
+    state_ok = served == expected
+    payload = machine_info("cpu")
+    payload.update(
+        benchmark="soak",
+        config={
+            "backbone": cfg.backbone, "weights": cfg.weights, "store": "file (fresh)" if cfg.store is None else "given",
+            "duration_s": cfg.duration, "warmup_s": cfg.warmup, "rate_ops_per_s": cfg.rate,
+            "write_fraction": cfg.write_fraction, "stable_tuners": cfg.tasks, "churn_tuners": cfg.churn,
+            "images": f"{cfg.images} distinct {cfg.image_size}x{cfg.image_size} JPEGs",
+            "max_in_flight": cfg.max_in_flight, "sample_interval_s": cfg.sample_interval,
+            "server_args": cfg.server_args, "seed": cfg.seed,
+            "transport": "HTTP/1.1 on loopback, server in a separate process, open-loop fixed-rate client",
+        },
+        operations={kind: _percentiles(values) for kind, values in stats.latencies.items()},
+        schedule={
+            "scheduled": schedule["scheduled"], "completed_ok": completed, "elapsed_s": round(elapsed, 2),
+            "achieved_ok_rate": round(completed / elapsed, 3) if elapsed else None,
+            "late_over_1s": sum(1 for x in late if x > 1.0),
+            "lateness_p99_ms": round(sorted(late)[min(len(late) - 1, int(0.99 * len(late)))] * 1000, 2) if late else None,
+        },
+        errors={"total": errors, "by_kind": dict(stats.errors), "examples": stats.examples},
+        memory=memory,
+        rss_samples=samples,
+        server={
+            "threads_first_last": [samples[0]["threads"], samples[-1]["threads"]] if samples else None,
+            "fds_first_last": [samples[0]["fds"], samples[-1]["fds"]] if samples else None,
+            "hotload_failures": _metric_value(metrics_text, "restune_hotload_failures_total"),
+            "rejected_requests": _metric_value(metrics_text, "restune_rejected_requests_total"),
+            "log_tail": server_log_tail if errors or not state_ok else None,
+        },
+        final_tuners={"expected": sorted(expected), "served": sorted(served), "consistent": state_ok},
+        passed=bool(errors == 0 and state_ok and memory.get("steady") is not False),
+    )
+    return payload
+
+
+def _metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def soak_result_name(cfg: SoakConfig) -> str:
+    from restuning.benchmarking import device_slug
+
+    store_kind = "file" if cfg.store is None else cfg.store.partition("://")[0]
+    return f"soak-{cfg.backbone}-{store_kind}-{int(cfg.duration)}s-{device_slug('cpu')}"
+
+
+def write_soak_report(payload: dict, cfg: SoakConfig, out_dir: str | Path) -> tuple[Path, Path | None]:
+    from restuning.benchmarking import write_results
+
+    name = soak_result_name(cfg)
+    path = write_results(name, payload, out_dir)
+    title = f"restune soak: {cfg.backbone}, {cfg.rate:g} ops/s, {cfg.duration:g} s (+{cfg.warmup:g} s warm-up)"
+    png = _plot(payload["rss_samples"], cfg.warmup, Path(out_dir) / f"{name}.png", title)
+    return path, png
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+
+
+def register_soak(groups) -> None:
+    """`restune bench soak`, added by server.commands.register."""
+    d = SoakConfig()
+    b = groups.bench.add_parser("soak", help="a real server under a steady mixed classify/upload/delete load: "
+                                             "errors and memory over time")
+    b.add_argument("--backbone", default=d.backbone)
+    b.add_argument("--weights", default=d.weights, help="backbone weights for the server and the tuners (default %(default)s)")
+    b.add_argument("--duration", type=float, default=d.duration, help="measured seconds of load (default %(default)s)")
+    b.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load before measuring (default %(default)s)")
+    b.add_argument("--rate", type=float, default=d.rate, help="operations per second, fixed (default %(default)s)")
+    b.add_argument("--write-fraction", type=float, default=d.write_fraction,
+                   help="share of operations that are uploads or deletes (default %(default)s)")
+    b.add_argument("--tasks", type=int, default=d.tasks, help="stable tuners (default %(default)s)")
+    b.add_argument("--churn", type=int, default=d.churn, help="tuners uploaded and deleted in turn (default %(default)s)")
+    b.add_argument("--images", type=int, default=d.images, help="distinct images in the pool (default %(default)s)")
+    b.add_argument("--image-size", type=int, default=d.image_size)
+    b.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
+    b.add_argument("--sample-interval", type=float, default=d.sample_interval, help="RSS sampling period in seconds")
+    b.add_argument("--rss-tolerance-mb", type=float, default=d.rss_tolerance_mb,
+                   help="allowed rise of the RSS peak, second half vs first half of the run (default %(default)s MiB)")
+    b.add_argument("--store", default=None,
+                   help="a scratch store URL (file:// or redis://) the server uses; default: a fresh local store")
+    b.add_argument("--server-arg", dest="server_args", action="append", default=[],
+                   help="extra `restune serve` flag, repeatable (e.g. --server-arg=--feature-cache-mb=0)")
+    b.add_argument("--seed", type=int, default=d.seed)
+    b.add_argument("--out-dir", default="bench/results")
+    b.add_argument("--no-save", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the report (without the RSS samples)")
+    b.set_defaults(handler=_bench_soak)
+
+
+def _bench_soak(args) -> int:
+    import json
+
+    from restuning.errors import ConfigError
+
+    if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or not 0 <= args.write_fraction <= 1:
+        raise ConfigError("soak needs --duration > 0, --warmup >= 0, --rate > 0 and 0 <= --write-fraction <= 1")
+    if args.tasks < 1 or args.churn < 1 or args.images < 1:
+        raise ConfigError("soak needs at least one stable tuner, one churn tuner and one image")
+    cfg = SoakConfig(
+        backbone=args.backbone, weights=args.weights, duration=args.duration, warmup=args.warmup, rate=args.rate,
+        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, images=args.images,
+        image_size=args.image_size, max_in_flight=args.max_in_flight, sample_interval=args.sample_interval,
+        rss_tolerance_mb=args.rss_tolerance_mb, store=args.store, server_args=list(args.server_args), seed=args.seed,
+    )
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the report
+    payload = run_soak(cfg)
+    if not args.no_save:
+        path, png = write_soak_report(payload, cfg, args.out_dir)
+        print(f"wrote {path}" + (f" and {png}" if png else ""))
+    if args.json:
+        print(json.dumps({k: v for k, v in payload.items() if k != "rss_samples"}, indent=2))
+    else:
+        ops, mem, sched = payload["operations"], payload["memory"], payload["schedule"]
+        print(f"operations ok: {sched['completed_ok']} of {sched['scheduled']} scheduled in {sched['elapsed_s']} s "
+              f"({sched['achieved_ok_rate']} ok/s); classify {ops['classify']}, upload {ops['upload']['count']}, "
+              f"delete {ops['delete']['count']}")
+        print(f"errors: {payload['errors']['total']} {payload['errors']['by_kind'] or ''}")
+        if mem.get("steady") is None:
+            print(f"memory: not judged ({mem['why']})")
+        else:
+            print(f"memory: RSS {mem['rss_at_warmup_end_mb']} -> {mem['rss_end_mb']} MiB (max {mem['rss_max_mb']}), "
+                  f"peak second half vs first half {mem['peak_growth_mb']:+} MiB (tolerance {mem['tolerance_mb']}), "
+                  f"second-half slope {mem['second_half_slope_mb_per_min']} MiB/min: "
+                  f"{'steady' if mem['steady'] else 'GROWING'}")
+        print(f"tuners at the end: {'as expected' if payload['final_tuners']['consistent'] else payload['final_tuners']}")
+        print("PASSED" if payload["passed"] else "FAILED")
+    return 0 if payload["passed"] else 1

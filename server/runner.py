@@ -1,0 +1,126 @@
+"""The classify path after the batcher: features (cache or one backbone pass), then every head at once."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from restuning.backbones.base import Backbone
+from server.batcher import Job
+from server.feature_cache import FeatureCache
+from server.registry import TunerRegistry
+
+
+class UnknownTasksError(LookupError):
+    def __init__(self, unknown: list[str], loaded: list[str]):
+        self.unknown = unknown
+        self.loaded = loaded
+        super().__init__(f"unknown tasks {unknown}; loaded: {loaded}")
+
+
+class NoTunersError(LookupError):
+    pass
+
+
+@dataclass
+class ClassifyRequest:
+    pixels: torch.Tensor  # [3, H, W], preprocessed
+    cache_key: str
+    tasks: list[str] | None  # None: every loaded classification tuner
+    top_k: int
+
+
+class ClassifyRunner:
+    def __init__(self, backbone: Backbone, registry: TunerRegistry, cache: FeatureCache, *, device, dtype, metrics=None):
+        self.backbone = backbone
+        self.registry = registry
+        self.cache = cache
+        self.device = device
+        self.dtype = dtype
+        self.metrics = metrics
+
+    def _features(self, requests: Sequence[ClassifyRequest]) -> tuple[list[torch.Tensor], float, int]:
+        """[x_0 … x_L] for the batch, each [B, N, D]; backbone ms; number of images that ran the backbone."""
+        cached = [self.cache.get(r.cache_key) if self.cache.max_bytes else None for r in requests]
+        if self.metrics is not None and self.cache.max_bytes:
+            hits = sum(c is not None for c in cached)
+            self.metrics.cache_hits.inc(hits)
+            self.metrics.cache_misses.inc(len(cached) - hits)
+        missing = [i for i, c in enumerate(cached) if c is None]
+        backbone_ms = 0.0
+        if missing:
+            images = torch.stack([requests[i].pixels for i in missing]).to(self.device, self.dtype)
+            start = time.perf_counter()
+            feats = self.backbone.forward_features(images)
+            if images.device.type == "cuda":
+                torch.cuda.synchronize(images.device)
+            backbone_ms = (time.perf_counter() - start) * 1000
+            if self.metrics is not None:
+                self.metrics.backbone_seconds.observe(backbone_ms / 1000)
+                self.metrics.batch_size.observe(len(missing))
+            if len(missing) == len(requests):
+                if self.cache.max_bytes:
+                    for j, i in enumerate(missing):
+                        self.cache.put(requests[i].cache_key, [f[j].clone() for f in feats])
+                return feats, backbone_ms, len(missing)
+            for j, i in enumerate(missing):
+                cached[i] = [f[j].clone() for f in feats]
+                self.cache.put(requests[i].cache_key, cached[i])
+        if self.metrics is not None:
+            self.metrics.cache_bytes.set(self.cache.size_bytes)
+        layers = len(cached[0])
+        return [torch.stack([c[l] for c in cached]) for l in range(layers)], backbone_ms, len(missing)
+
+    def run(self, jobs: Sequence[Job]) -> list[object]:
+        started = time.perf_counter()
+        snapshot = self.registry.snapshot  # this batch finishes on this tuner set
+        requests: list[ClassifyRequest] = [job.payload for job in jobs]
+        results: list[object] = [None] * len(jobs)
+        loaded = list(snapshot.classifiers)
+        valid: list[int] = []
+        for i, r in enumerate(requests):
+            if not loaded:
+                results[i] = NoTunersError("no classification tuners are loaded; upload one with POST /v1/tuners")
+                continue
+            unknown = [t for t in (r.tasks or []) if t not in snapshot.classifiers]
+            if unknown:
+                results[i] = UnknownTasksError(unknown, loaded)
+                continue
+            valid.append(i)
+        if not valid:
+            return results
+        batch = [requests[i] for i in valid]
+        feats, backbone_ms, computed = self._features(batch)
+        wanted = list(dict.fromkeys(t for r in batch for t in (r.tasks or loaded)))
+        start = time.perf_counter()
+        logits = snapshot.engine.run(feats, wanted)
+        probs = {name: torch.softmax(v.float(), dim=-1).cpu() for name, v in logits.items()}
+        heads_ms = (time.perf_counter() - start) * 1000
+        if self.metrics is not None:
+            self.metrics.heads_seconds.observe(heads_ms / 1000)
+        for j, i in enumerate(valid):
+            r = batch[j]
+            out = {}
+            for name in r.tasks or loaded:
+                tuner = snapshot.classifiers[name]
+                p = probs[name][j]
+                k = min(r.top_k, p.numel())
+                scores, idx = torch.topk(p, k)
+                out[name] = {
+                    "labels": [tuner.labels[int(c)] for c in idx],
+                    "scores": [round(float(s), 6) for s in scores],
+                    "tuner": tuner.ref,
+                }
+            results[i] = {
+                "results": out,
+                "timings_ms": {
+                    "queue": round((started - jobs[i].enqueued_at) * 1000, 3),
+                    "backbone": round(backbone_ms, 3),
+                    "heads": round(heads_ms, 3),
+                    "batch_size": len(batch),
+                    "backbone_images": computed,
+                },
+            }
+        return results

@@ -1,0 +1,98 @@
+"""Everything one server instance holds: backbone, store, registry, cache, batcher, metrics."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from restuning.backbones.base import Backbone
+from server.batcher import DynamicBatcher
+from server.feature_cache import FeatureCache
+from server.metrics import ServerMetrics
+from server.registry import TunerRegistry
+from server.runner import ClassifyRunner
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    backbone: Backbone | None = None
+    store: object | None = None
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    registry: TunerRegistry | None = None
+    cache: FeatureCache | None = None
+    batcher: DynamicBatcher | None = None
+    preprocessor: object | None = None
+    generator: object | None = None  # the diffusion service, when a diffusion model is configured
+    ready: bool = False
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        from restuning import kernels
+        from restuning.backbones import create_backbone
+        from restuning.preprocess import ImagePreprocessor
+        from tuner_store.store import open_store
+
+        s = self.settings
+        device, dtype = s.resolved_device(), s.resolved_dtype()
+        kernels.set_backend(s.kernel_backend)
+        if self.backbone is None:
+            self.backbone = await asyncio.to_thread(
+                create_backbone, s.backbone, weights=s.weights, device=device, dtype=dtype
+            )
+        info = self.backbone.info
+        log.info("backbone %s (%s weights, fingerprint %s…) on %s/%s", info.name, info.weights,
+                 self.backbone.fingerprint()[:12], device, str(dtype).replace("torch.", ""))
+        if info.weights.startswith("random"):
+            log.warning("the backbone has RANDOM weights (%s): fine for demos and tests, not for real images", info.weights)
+        if self.store is None:
+            self.store = open_store(s.store)
+        self.preprocessor = ImagePreprocessor(info)
+        diffusion_loader = diffusion_fingerprint = None
+        if s.diffusion_model:
+            from server.generation import GenerationService
+
+            self.generator = await asyncio.to_thread(GenerationService.load, s, device, dtype)
+            diffusion_loader = self.generator.load_tuner
+            diffusion_fingerprint = self.generator.fingerprint
+        self.registry = TunerRegistry(
+            self.store, self.backbone, device=device, dtype=dtype, metrics=self.metrics,
+            diffusion_loader=diffusion_loader, diffusion_fingerprint=diffusion_fingerprint,
+        )
+        try:
+            await asyncio.to_thread(self.registry.load_all)
+        except Exception as exc:  # store away at start: serve nothing yet, the watcher retries
+            log.warning("could not load tuners at start (%s: %s); will retry", type(exc).__name__, exc)
+        self.cache = FeatureCache(int(s.feature_cache_mb * 1024 * 1024))
+        runner = ClassifyRunner(self.backbone, self.registry, self.cache, device=device, dtype=dtype,
+                                metrics=self.metrics)
+        self.batcher = DynamicBatcher(
+            runner.run,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_ms=s.max_queue_delay_ms,
+            max_queue_size=s.max_queue_size,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        self.batcher.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.registry.watch_forever(), name="restune-watch"))
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.generator is not None:
+            await self.generator.stop()
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()

@@ -1,0 +1,331 @@
+"""Train a Res-Tuning-Bypass style tuner on a folder of images (paper §5, Table 11).
+
+The U-Net, VAE and text encoder are frozen and run with no autograd graph: their parameters never
+require grad and their inputs never do, so autograd records nothing inside them. The graph starts
+at the bypass and runs through the U-Net's conv_norm_out/conv_act/conv_out only. The loss is the
+standard noise-prediction MSE of latent diffusion; only the bypass is optimised.
+
+Table 11: AdamW, lr 1e-4 constant, batch 8, 10 epochs, CenterCrop + RandomHorizontalFlip, 512².
+Every image is captioned with one prompt, `prompt_template.format(style=NAME)`.
+
+    result = train_style(StyleTrainConfig(images="imgs/", style="ink", diffusion_model="tiny-random", steps=50))
+    result.artifact  # tuner_store TunerArtifact, kind "diffusion", name = style
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from restuning.errors import ConfigError, InputError, RestuneError, choices
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_TEMPLATE = "a photo in {style} style"
+TRAIN_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ImageFolderError(InputError):
+    """The image folder is missing, empty, or holds no readable image."""
+
+
+@dataclass
+class StyleTrainConfig:
+    images: str
+    style: str
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    diffusion_model: str = "tiny-random"
+    steps: int | None = None  # overrides epochs when set
+    epochs: int = 10  # Table 11
+    batch_size: int = 8  # Table 11
+    resolution: int | None = None  # default: the model's native size (512 for SD v1.5)
+    lr: float = 1e-4  # Table 11, constant
+    weight_decay: float = 1e-2  # Table 11 names AdamW without a decay; this is AdamW's usual default
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"  # frozen parts; bfloat16/float16 (CUDA) run them and the bypass under autocast
+    groups: int = 4
+    scale_factor: int = 2
+    conv_groups: int = 32
+
+    def problems(self) -> list[str]:
+        from tuner_store.artifact import name_problems
+
+        problems = []
+        if not isinstance(self.style, str) or not self.style:
+            problems.append("--style must be a non-empty name")
+        else:
+            problems += [f"--style: {p}" for p in name_problems(self.style)]
+            if self.style == "base":
+                problems.append("--style 'base' is reserved for the plain U-Net (no tuner); pick another name")
+        try:
+            self.prompt_template.format(style="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(f"--prompt-template {self.prompt_template!r} is not a valid template ({exc!r}); "
+                            "use {style} for the style name and {{ }} for literal braces")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            problems.append(f"--steps must be a positive integer, got {self.steps!r}")
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8):
+            problems.append(f"--resolution must be an integer >= 8, got {self.resolution!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if self.dtype not in TRAIN_DTYPES:
+            problems.append(f"--dtype {self.dtype!r} is not supported for training; choose one of {choices(TRAIN_DTYPES)}")
+        return problems
+
+
+@dataclass
+class ImageSet:
+    """Center-cropped images as uint8 [N, 3, R, R] (flips are drawn per batch), and what could not be read."""
+
+    pixels: torch.Tensor
+    files: list[str]
+    unreadable: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        text = f"{len(self.files)} images"
+        if self.unreadable:
+            shown = ", ".join(self.unreadable[:5]) + (" …" if len(self.unreadable) > 5 else "")
+            text += f"; {len(self.unreadable)} files could not be read as images and were skipped ({shown})"
+        return text
+
+
+def folder_files(root: Path) -> list[Path]:
+    """The candidate files of an image folder; ImageFolderError when it is missing or empty."""
+    if not root.exists():
+        raise ImageFolderError(f"image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise ImageFolderError(f"{str(root)!r} is not a folder; --images takes a folder of images")
+    candidates = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not candidates:
+        raise ImageFolderError(f"image folder {str(root)!r} is empty; put the style's images (PNG, JPEG, …) in it")
+    return candidates
+
+
+def load_image_folder(folder: str | os.PathLike, resolution: int) -> ImageSet:
+    """Every readable image under `folder` (recursively, hidden files skipped): Resize + CenterCrop to resolution."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    root = Path(folder)
+    candidates = folder_files(root)
+    pixels, files, unreadable = [], [], []
+    for path in candidates:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                img.load()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            unreadable.append(str(path.relative_to(root)))
+            continue
+        img = TF.resize(img, resolution, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        img = TF.center_crop(img, [resolution, resolution])
+        pixels.append(TF.pil_to_tensor(img))
+        files.append(str(path.relative_to(root)))
+    if not pixels:
+        raise ImageFolderError(
+            f"no readable image in {str(root)!r}: all {len(unreadable)} files failed to open as images "
+            f"(e.g. {', '.join(unreadable[:3])})"
+        )
+    return ImageSet(torch.stack(pixels), files, unreadable)
+
+
+@dataclass
+class StyleTrainResult:
+    tuner: torch.nn.Module
+    artifact: object  # tuner_store.artifact.TunerArtifact
+    metrics: dict
+    images: ImageSet
+
+
+def _noise_scheduler(config: dict):
+    """DDPM forward process with the model's own betas (what SD was trained with)."""
+    import inspect
+
+    from diffusers import DDPMScheduler
+
+    params = inspect.signature(DDPMScheduler.__init__).parameters
+    return DDPMScheduler(**{k: v for k, v in config.items() if k in params})
+
+
+@torch.no_grad()
+def fixed_noise_loss(pipeline, tuner, images: ImageSet, context: torch.Tensor, *, seed: int = 1234,
+                     batches: int = 2, batch_size: int = 4, autocast=None) -> float:
+    """Noise-prediction loss on fixed images, noise and timesteps (same draws for every tuner).
+
+    With tuner=None it is the base U-Net's loss; comparing the two says whether training helped,
+    free of the step-to-step noise of the training loss itself.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    scheduler = _noise_scheduler(pipeline.scheduler_config)
+    n = images.pixels.shape[0]
+    total = 0.0
+    for _ in range(batches):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        latents = pipeline.encode_images(images.pixels[idx].float() / 127.5 - 1.0, generator=gen).float()
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(latents.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            pred = pipeline.predict_noise(noisy.to(pipeline.dtype), t, context.expand(batch_size, -1, -1), tuner)
+        total += F.mse_loss(pred.float(), noise.float()).item()
+    return total / batches
+
+
+def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = True) -> StyleTrainResult:
+    """Train one style tuner; returns the tuner, its artifact (not yet pushed) and the metrics."""
+    from tqdm.auto import tqdm
+
+    from restuning.diffusion.pipeline import StylePipeline, resolve_device
+
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    device = resolve_device(config.device)
+    if config.dtype != "float32" and device.type != "cuda" and pipeline is None:
+        raise ConfigError(f"--dtype {config.dtype} is for CUDA training; use float32 on the CPU")
+    folder_files(Path(config.images))  # fail fast, before the model loads
+    if pipeline is None:
+        pipeline = StylePipeline.load(config.diffusion_model, device=device, dtype=config.dtype)
+    resolution = config.resolution or pipeline.default_size
+    if resolution % pipeline.size_multiple:
+        raise ConfigError(f"--resolution {resolution} is not a multiple of {pipeline.size_multiple} "
+                          f"(the latent grid of {pipeline.name!r})")
+    images = load_image_folder(config.images, resolution)
+    log.debug("style %r: %s", config.style, images.report())
+
+    tuner = pipeline.new_tuner(seed=config.seed, groups=config.groups, scale_factor=config.scale_factor,
+                               conv_groups=config.conv_groups).train()
+    optimizer = torch.optim.AdamW(tuner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _noise_scheduler(pipeline.scheduler_config)
+    prediction_type = pipeline.scheduler_config.get("prediction_type", "epsilon")
+    prompt = config.prompt_template.format(style=config.style)
+    context = pipeline.encode_prompts([prompt])  # no_grad inside: the text encoder is frozen
+    n = images.pixels.shape[0]
+    batch = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    total = config.steps or config.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(config.seed)
+    # Frozen parts in half precision: the float32 bypass runs under autocast (float32 master weights);
+    # float16 also needs loss scaling, bfloat16 does not.
+    amp_dtype = pipeline.dtype if pipeline.dtype != torch.float32 else None
+    autocast = (torch.autocast(device_type=pipeline.device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler(pipeline.device.type, enabled=amp_dtype == torch.float16)
+    eval_base = fixed_noise_loss(pipeline, None, images, context, seed=config.seed + 1, autocast=autocast)
+    losses: list[float] = []
+    order = torch.empty(0, dtype=torch.long)
+    start = time.perf_counter()
+    bar = tqdm(range(total), desc=f"train style {config.style}", disable=not progress)
+    for step in bar:
+        if order.numel() < batch:  # a new epoch: reshuffle; a short tail joins the next epoch's order
+            order = torch.cat([order, torch.randperm(n, generator=gen)])
+        idx, order = order[:batch], order[batch:]
+        pixels = images.pixels[idx].float() / 127.5 - 1.0
+        flip = torch.rand(batch, generator=gen) < 0.5  # RandomHorizontalFlip(p=0.5)
+        pixels[flip] = pixels[flip].flip(-1)
+        latents = pipeline.encode_images(pixels, generator=gen).float()
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        with autocast:
+            pred = pipeline.predict_noise(noisy.to(pipeline.dtype), timesteps, context.expand(batch, -1, -1), tuner)
+        loss = F.mse_loss(pred.float(), target.float())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise RestuneError(f"the loss became {losses[-1]} at step {step + 1}; lower --lr")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    seconds = time.perf_counter() - start
+    tuner.eval()
+    eval_trained = fixed_noise_loss(pipeline, tuner, images, context, seed=config.seed + 1, autocast=autocast)
+    tail = losses[-max(1, len(losses) // 10):]
+    metrics = {
+        "steps": total,
+        "epochs": round(total * batch / n, 3),
+        "images": n,
+        "unreadable_files": len(images.unreadable),
+        "batch_size": batch,
+        "resolution": resolution,
+        "lr": config.lr,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_mean_last_10pct": sum(tail) / len(tail),
+        # Same images, noise and timesteps for both: the base U-Net (= the untrained tuner) vs the trained one.
+        "eval_loss_base": eval_base,
+        "eval_loss_trained": eval_trained,
+        "train_seconds": round(seconds, 3),
+        "trainable_params": tuner.num_trainable(),
+        "device": str(pipeline.device),
+    }
+    artifact = style_artifact(config.style, tuner, pipeline, metrics,
+                              training={"prompt": prompt, "prompt_template": config.prompt_template,
+                                        "config": {k: v for k, v in asdict(config).items()
+                                                   if k not in ("images", "device")}})
+    return StyleTrainResult(tuner, artifact, metrics, images)
+
+
+def style_artifact(name: str, tuner, pipeline, metrics: dict, training: dict | None = None):
+    """A validated tuner_store artifact of kind 'diffusion' for a trained style tuner."""
+    import json
+
+    from tuner_store.artifact import TunerArtifact, validate_artifact
+
+    tuner_json = tuner.config.to_json()
+    if training:
+        tuner_json["training"] = json.loads(json.dumps(training))
+    artifact = TunerArtifact(
+        name=name,
+        kind="diffusion",
+        labels=[],
+        tuner=tuner_json,
+        backbone=pipeline.backbone_json(),
+        tensors={k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tuner.state_dict().items()},
+        metrics=json.loads(json.dumps(metrics)),
+    )
+    validate_artifact(artifact, backbone_fingerprint=pipeline.fingerprint, backbone_name=pipeline.name)
+    return artifact
+
+
+def push_artifact(artifact, url: str) -> str:
+    """Store the artifact: a store URL (file://, redis://, a path) or a server (http[s]://, POST /v1/tuners).
+
+    For a server the bytes go as application/octet-stream with `Authorization: Bearer
+    $RESTUNE_ADMIN_TOKEN` when that variable is set. Returns the stored reference (NAME@VERSION).
+    """
+    from tuner_store.artifact import encode_artifact
+
+    if url.startswith(("http://", "https://")):
+        from clients.client import RestuneClient
+
+        with RestuneClient(url) as client:
+            answer = client.push_tuner(encode_artifact(artifact))
+        ref = answer.get("ref") if isinstance(answer, dict) else None
+        if ref is None and isinstance(answer, dict) and "name" in answer:
+            ref = f"{answer['name']}@{answer.get('version', '?')}"
+        return ref or artifact.name
+    from tuner_store.store import open_store
+
+    with open_store(url) as store:
+        return store.put(artifact).ref

@@ -1,0 +1,293 @@
+"""A tuner store in Redis (7+), shared by every replica that points at it.
+
+Keys, under a prefix (default "restune"; `?prefix=NAME` in the URL picks another):
+
+    {p}:artifact:{name}:{version}   string: the artifact file
+    {p}:versions:{name}             hash: version -> TunerRecord JSON
+    {p}:content:{name}              hash: content sha256 -> version (idempotent puts)
+    {p}:names                       set: names with at least one version
+    {p}:high_water                  hash: name -> highest version ever stored (versions are never reused)
+    {p}:revision                    counter: revision of the newest change
+    {p}:changes                     stream: the change log; entry ID "<revision>-0", fields revision/action/name/version
+
+Writes run as Lua scripts, so a version is assigned, stored, indexed and logged in one atomic step.
+Because a stream entry's ID is its revision, `changes(since)` is one XRANGE from `since + 1`, and a
+replica that was away catches up with one call. The stream is never trimmed: it grows by one small
+entry per change. Keys for one store are built inside the scripts, so this targets a single Redis
+server (not Redis Cluster).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tuner_store.artifact import DEFAULT_MAX_ARTIFACT_BYTES, TunerArtifact, _encode, utc_now
+from tuner_store.errors import ConflictError, NotFoundError, StoreError, StoreUnavailableError
+from tuner_store.store import (
+    ChangeEvent,
+    TunerRecord,
+    TunerStore,
+    check_name,
+    parse_delete_version,
+    parse_version,
+)
+
+DEFAULT_PREFIX = "restune"
+
+# KEYS: high_water, content, versions, artifact, revision, changes, names
+# ARGV: name, content sha, version, artifact bytes, record JSON, time
+_PUT = """
+local existing = redis.call('HGET', KEYS[2], ARGV[2])
+if existing then
+  return {'exists', existing, redis.call('HGET', KEYS[3], existing)}
+end
+local next_version = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') + 1
+if next_version ~= tonumber(ARGV[3]) then
+  return {'retry', tostring(next_version)}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[7], ARGV[1])
+local revision = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], revision .. '-0', 'revision', revision, 'action', 'put',
+           'name', ARGV[1], 'version', ARGV[3], 'time', ARGV[6])
+return {'ok', tostring(revision)}
+"""
+
+# KEYS: versions, content, names, revision, changes
+# ARGV: name, version ('' = every version), time, artifact key prefix ('{p}:artifact:{name}:')
+_DELETE = """
+local versions
+if ARGV[2] == '' then
+  versions = redis.call('HKEYS', KEYS[1])
+elseif redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  versions = {ARGV[2]}
+else
+  versions = {}
+end
+if #versions == 0 then
+  return {}
+end
+local deleted = {}
+for _, v in ipairs(versions) do
+  redis.call('DEL', ARGV[4] .. v)
+  redis.call('HDEL', KEYS[1], v)
+  deleted[v] = true
+end
+local content = redis.call('HGETALL', KEYS[2])
+for i = 1, #content, 2 do
+  if deleted[content[i + 1]] then
+    redis.call('HDEL', KEYS[2], content[i])
+  end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
+local revision = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], revision .. '-0', 'revision', revision, 'action', 'delete',
+           'name', ARGV[1], 'version', ARGV[2], 'time', ARGV[3])
+return versions
+"""
+
+_PUT_ATTEMPTS = 100
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _event(fields: dict[bytes, bytes]) -> ChangeEvent:
+    version = fields[b"version"].decode()
+    return ChangeEvent(
+        revision=int(fields[b"revision"]),
+        action=fields[b"action"].decode(),  # type: ignore[arg-type]
+        name=fields[b"name"].decode(),
+        version=int(version) if version else None,
+    )
+
+
+class RedisTunerStore(TunerStore):
+    def __init__(self, url: str, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+        if not prefix:
+            raise StoreError(f"store URL {_redact(url)!r}: prefix must not be empty")
+        client_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
+        self.url = _redact(url)
+        self.max_artifact_bytes = max_artifact_bytes
+        self.prefix = prefix
+        try:
+            # Few, fast retries: an unreachable Redis is reported within a second, not after redis-py's default
+            # ten attempts; socket_timeout stays above the longest XREAD BLOCK that `watch` issues.
+            self._client = redis.Redis.from_url(
+                client_url,
+                socket_connect_timeout=2.0,
+                socket_timeout=30.0,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            )
+        except ValueError as exc:
+            raise StoreError(f"invalid Redis store URL {self.url!r}: {exc}") from None
+        self._redis_errors = (redis.exceptions.RedisError,)
+        self._unavailable_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._put_script = self._client.register_script(_PUT)
+        self._delete_script = self._client.register_script(_DELETE)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except self._unavailable_errors as exc:
+            raise StoreUnavailableError(f"the tuner store's Redis at {self.url} is unreachable: {exc}") from None
+        except self._redis_errors as exc:
+            raise StoreError(f"Redis at {self.url} failed: {type(exc).__name__}: {exc}") from None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _put_validated(self, artifact: TunerArtifact, weights_sha: str, content: str) -> TunerRecord:
+        name = artifact.name
+        keys_fixed = {
+            "high": self._key("high_water"), "content": self._key("content", name),
+            "versions": self._key("versions", name), "revision": self._key("revision"),
+            "changes": self._key("changes"), "names": self._key("names"),
+        }
+        with self._guard():
+            version = int(self._client.hget(keys_fixed["high"], name) or 0) + 1
+        # Optimistic: encode with the version we expect; the script refuses if another writer took it first.
+        for _ in range(_PUT_ATTEMPTS):
+            versioned = replace(artifact, version=version)
+            data = _encode(versioned, weights_sha)
+            record = TunerRecord.from_config(versioned.config(weights_sha256=weights_sha), len(data))
+            keys = [keys_fixed["high"], keys_fixed["content"], keys_fixed["versions"],
+                    self._key("artifact", name, version), keys_fixed["revision"], keys_fixed["changes"],
+                    keys_fixed["names"]]
+            with self._guard():
+                reply = self._put_script(
+                    keys=keys, args=[name, content, version, data, json.dumps(record.to_json()), utc_now()]
+                )
+            status = reply[0].decode()
+            if status == "ok":
+                return record
+            if status == "exists":
+                return TunerRecord.from_json(json.loads(reply[2]))
+            version = int(reply[1])
+        raise ConflictError(
+            f"could not store {name!r}: concurrent writers took the next version {_PUT_ATTEMPTS} times in a row"
+        )
+
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        check_name(name)
+        version = parse_delete_version(version)
+        with self._guard():
+            deleted = self._delete_script(
+                keys=[self._key("versions", name), self._key("content", name), self._key("names"),
+                      self._key("revision"), self._key("changes")],
+                args=[name, "" if version is None else version, utc_now(), self._key("artifact", name, "")],
+            )
+        if not deleted:
+            with self._guard():
+                live = sorted(int(v) for v in self._client.hkeys(self._key("versions", name)))
+            if not live:
+                raise NotFoundError(f"no tuner named {name!r} in {self.url}")
+            raise NotFoundError(f"tuner {name!r} has no version {version}; versions: {live}")
+        return sorted(int(v) for v in deleted)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _resolve(self, name: str, version: int | str | None) -> int:
+        check_name(name)
+        wanted = parse_version(version)
+        with self._guard():
+            live = sorted(int(v) for v in self._client.hkeys(self._key("versions", name)))
+        if not live:
+            raise NotFoundError(f"no tuner named {name!r} in {self.url}")
+        if wanted is None:
+            return live[-1]
+        if wanted not in live:
+            raise NotFoundError(f"tuner {name!r} has no version {wanted}; versions: {live}")
+        return wanted
+
+    def record(self, name: str, version: int | str = "latest") -> TunerRecord:
+        resolved = self._resolve(name, version)
+        with self._guard():
+            raw = self._client.hget(self._key("versions", name), resolved)
+        if raw is None:
+            raise NotFoundError(f"tuner {name}@{resolved} was just deleted from {self.url}")
+        return TunerRecord.from_json(json.loads(raw))
+
+    def get_bytes(self, name: str, version: int | str = "latest") -> bytes:
+        resolved = self._resolve(name, version)
+        with self._guard():
+            data = self._client.get(self._key("artifact", name, resolved))
+        if data is None:
+            raise NotFoundError(f"tuner {name}@{resolved} was just deleted from {self.url}")
+        return data
+
+    def list(self) -> list[TunerRecord]:
+        with self._guard():
+            names = sorted(n.decode() for n in self._client.smembers(self._key("names")))
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hvals(self._key("versions", name))
+            per_name = pipe.execute()
+        records = [TunerRecord.from_json(json.loads(raw)) for values in per_name for raw in values]
+        return sorted(records, key=lambda r: (r.name, r.version))
+
+    # -- change log ---------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self._guard():
+            return int(self._client.get(self._key("revision")) or 0)
+
+    def changes(self, since_revision: int) -> list[ChangeEvent]:
+        start = max(since_revision, 0) + 1
+        with self._guard():
+            entries = self._client.xrange(self._key("changes"), min=f"{start}-0", max="+")
+        return [_event(fields) for _, fields in entries]
+
+    def _wait_for_changes(self, since: int, timeout: float) -> list[ChangeEvent]:
+        # XREAD BLOCK returns as soon as a writer adds an entry after `since`, so replicas react at once.
+        with self._guard():
+            reply = self._client.xread(
+                {self._key("changes"): f"{max(since, 0)}-0"}, block=max(1, int(timeout * 1000))
+            )
+            if not reply:
+                # A Redis without persistence that restarted starts again at revision 0; waiting for
+                # entries after `since` would then wait forever.
+                current = int(self._client.get(self._key("revision")) or 0)
+                if current < since:
+                    raise self._reset_error(since, current)
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 answers a dict
+        return [_event(fields) for _, entries in streams for _, fields in entries]
+
+    async def _next_changes(self, since: int, poll_interval: float) -> list[ChangeEvent]:
+        return await asyncio.to_thread(self._wait_for_changes, since, poll_interval)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self._guard():
+            self._client.ping()
+
+    def close(self) -> None:
+        self._client.close()

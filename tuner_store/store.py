@@ -1,0 +1,273 @@
+"""The TunerStore interface: immutable, numbered versions of tuner artifacts plus an ordered change log.
+
+Every change (a put that stored a new version, a delete) gets the next revision number, 1, 2, 3, …
+A consumer remembers the last revision it applied and asks for everything after it, so a replica
+that reconnects after any pause misses nothing. Backends: `file_store` (a directory shared by the
+processes of one machine) and `redis_store` (shared by replicas).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from tuner_store.artifact import (
+    DEFAULT_MAX_ARTIFACT_BYTES,
+    NAME_RULE,
+    TunerArtifact,
+    _encode,
+    config_from_header,
+    decode_artifact,
+    is_valid_name,
+    parse_header,
+)
+from tuner_store.errors import ArtifactError, NotFoundError, StoreError, StoreResetError
+
+DEFAULT_STORE_URL = "file://./data/tuners"
+STORE_URL_FORMS = ("file:///absolute/path", "file://relative/path", "a plain path", "redis://host:port/db")
+
+
+@dataclass(frozen=True)
+class TunerRecord:
+    """What a store knows about one stored version, without its tensors."""
+
+    name: str
+    version: int
+    kind: str
+    sha256: str  # the artifact's weights_sha256
+    size_bytes: int  # size of the stored file
+    created_at: str
+    backbone_name: str
+    backbone_fingerprint: str
+    num_labels: int
+    metrics: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TunerRecord":
+        return cls(**data)
+
+    @classmethod
+    def from_config(cls, config: dict, size_bytes: int) -> "TunerRecord":
+        """From a validated artifact config (the file's metadata) and the stored file's size."""
+        return cls(
+            name=config["name"],
+            version=config["version"],
+            kind=config["kind"],
+            sha256=config["weights_sha256"],
+            size_bytes=size_bytes,
+            created_at=config["created_at"],
+            backbone_name=config["backbone"]["name"],
+            backbone_fingerprint=config["backbone"]["fingerprint"],
+            num_labels=len(config["labels"]),
+            metrics=config["metrics"],
+        )
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    revision: int
+    action: Literal["put", "delete"]
+    name: str
+    version: int | None  # None: every version of `name` was deleted
+
+    @property
+    def ref(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def content_sha256(config: dict) -> str:
+    """Identity of an artifact's content: its config apart from version and created_at (weights sha included).
+
+    Two puts with the same content are one version: the second returns the first's record.
+    """
+    content = {k: v for k, v in config.items() if k not in ("version", "created_at")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def parse_version(version: int | str | None) -> int | None:
+    """1, "1" -> 1; "latest" or None -> None (the newest version)."""
+    if version is None or version == "latest":
+        return None
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        return version
+    raise NotFoundError(f"no version {version!r}: versions are positive integers or 'latest'")
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """'name' -> (name, None); 'name@3' -> (name, 3); 'name@latest' -> (name, None)."""
+    name, sep, version = ref.partition("@")
+    if sep and not version:
+        raise NotFoundError(f"{ref!r}: give NAME or NAME@VERSION")
+    return name, parse_version(version or None)
+
+
+def parse_delete_version(version: int | str | None) -> int | None:
+    """delete's version: a number, or None for every version ('latest' is refused: too easy to misread)."""
+    if version is None:
+        return None
+    parsed = parse_version(version)
+    if parsed is None:
+        raise NotFoundError("delete takes a version number, or none to delete every version; not 'latest'")
+    return parsed
+
+
+def check_name(name: object) -> str:
+    if not is_valid_name(name):
+        raise NotFoundError(f"no tuner named {name!r}: tuner names are {NAME_RULE}")
+    return name  # type: ignore[return-value]
+
+
+class TunerStore(ABC):
+    """Stores validated artifacts as immutable versions 1, 2, 3, … per name, and logs every change."""
+
+    url: str
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def put(self, artifact: TunerArtifact | bytes, *, backbone_fingerprint: str | None = None) -> TunerRecord:
+        """Validate, then store as the next version; the same content again returns the existing record.
+
+        `backbone_fingerprint` rejects a tuner trained on other backbone weights before anything is written.
+        The artifact's own `version` is ignored: the store assigns versions.
+        """
+        data = _encode(artifact) if isinstance(artifact, TunerArtifact) else artifact
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ArtifactError(f"put takes a TunerArtifact or bytes, got {type(artifact).__name__}")
+        decoded = decode_artifact(data, max_bytes=self.max_artifact_bytes, backbone_fingerprint=backbone_fingerprint)
+        sha = config_from_header(parse_header(data))["weights_sha256"]
+        return self._put_validated(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
+
+    @abstractmethod
+    def _put_validated(self, artifact: TunerArtifact, weights_sha: str, content: str) -> TunerRecord:
+        """Store a validated artifact atomically under the next version, unless `content` is already stored."""
+
+    @abstractmethod
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        """Delete one version, or every version (None); returns the deleted versions; NotFoundError if none."""
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def get_bytes(self, name: str, version: int | str = "latest") -> bytes:
+        """The stored artifact file, its metadata carrying the assigned version."""
+
+    def get(self, name: str, version: int | str = "latest") -> TunerArtifact:
+        """The stored artifact, validated again on the way out (nothing on disk or in Redis is trusted)."""
+        return decode_artifact(self.get_bytes(name, version), max_bytes=None)
+
+    @abstractmethod
+    def record(self, name: str, version: int | str = "latest") -> TunerRecord:
+        ...
+
+    @abstractmethod
+    def list(self) -> list[TunerRecord]:
+        """Every stored version of every tuner, sorted by (name, version)."""
+
+    def latest(self) -> dict[str, TunerRecord]:
+        """The newest version of each tuner."""
+        out: dict[str, TunerRecord] = {}
+        for record in self.list():
+            out[record.name] = record
+        return out
+
+    # -- change log ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def revision(self) -> int:
+        """Revision of the newest change; 0 when nothing has changed yet."""
+
+    @abstractmethod
+    def changes(self, since_revision: int) -> list[ChangeEvent]:
+        """Every change with revision > since_revision, oldest first."""
+
+    async def watch(self, since_revision: int = 0, *, poll_interval: float = 0.2) -> AsyncIterator[ChangeEvent]:
+        """Every change with revision > since_revision, in order, forever.
+
+        Store errors (e.g. StoreUnavailableError) propagate; call watch again with the last revision seen.
+        StoreResetError means the store's log no longer reaches `since_revision`: resynchronise from 0.
+        """
+        since = since_revision
+        current = await asyncio.to_thread(self.revision)
+        if since > current:
+            raise self._reset_error(since, current)
+        while True:
+            for event in await self._next_changes(since, poll_interval):
+                yield event
+                since = event.revision
+
+    def _reset_error(self, since: int, current: int) -> StoreResetError:
+        return StoreResetError(
+            f"tuner store {self.url} is at revision {current}, behind revision {since} seen before: "
+            "the store was reset or replaced; resynchronise from revision 0"
+        )
+
+    async def _next_changes(self, since: int, poll_interval: float) -> list[ChangeEvent]:
+        events = await asyncio.to_thread(self.changes, since)
+        if not events:
+            await asyncio.sleep(poll_interval)
+        return events
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailableError when the backend cannot be reached."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "TunerStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def open_store(url: str | None = None, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> TunerStore:
+    """A store from its URL: file:///abs/path, file://relative/path, a plain path, or redis://host:port/db.
+
+    Nothing is connected or created here: a Redis store connects on first use, a file store creates
+    its directory on the first write.
+    """
+    url = DEFAULT_STORE_URL if url is None else url
+    if not isinstance(url, str) or not url:
+        raise StoreError(f"store URL must be a non-empty string; use one of: {', '.join(STORE_URL_FORMS)}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        from tuner_store.file_store import FileTunerStore
+
+        return FileTunerStore(url, max_artifact_bytes=max_artifact_bytes)
+    if scheme == "file":
+        if not rest:
+            raise StoreError(f"store URL {url!r} names no directory; use one of: {', '.join(STORE_URL_FORMS)}")
+        from tuner_store.file_store import FileTunerStore
+
+        return FileTunerStore(os.path.expanduser(rest), max_artifact_bytes=max_artifact_bytes)
+    if scheme in ("redis", "rediss"):
+        from tuner_store.redis_store import RedisTunerStore
+
+        return RedisTunerStore(url, max_artifact_bytes=max_artifact_bytes)
+    raise StoreError(
+        f"unknown store URL scheme {scheme + '://'!r} in {url!r}; use one of: {', '.join(STORE_URL_FORMS)}"
+    )
