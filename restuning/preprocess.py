@@ -17,10 +17,12 @@ from restuning.backbones.base import BackboneInfo
 from restuning.errors import InputError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: well above any photo, far below a decompression bomb
+# Only common raster formats: Pillow's rarer parsers (DDS, EPS via Ghostscript, …) stay unreachable from input.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Decode an image (PNG, JPEG, …) into an RGB PIL image, refusing bombs and garbage."""
+    """Decode a PNG, JPEG, WebP, GIF, BMP or TIFF image into RGB, refusing other formats, bombs and garbage."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -28,7 +30,7 @@ def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXE
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
             with stream:
-                image = Image.open(stream)
+                image = Image.open(stream, formats=ALLOWED_FORMATS)
                 width, height = image.size
                 if width * height > max_pixels:
                     raise InputError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")

@@ -247,14 +247,14 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
 
     # -- generate ------------------------------------------------------------------------------
 
-    @app.post("/v1/generate", response_model=GenerateResponse, responses={**ERRORS, 501: {"model": ErrorResponse}},
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS,
               summary="Generate images for every prompt x style pair in one batched pass")
     async def generate(payload: GenerateRequest):
         from restuning.diffusion.pipeline import BASE_STYLE, GenerationInputError
         from server.generation import GenerationBusyError
 
         if state.generator is None:
-            raise APIError(501, "image generation is not enabled on this server; start it with --diffusion-model")
+            raise APIError(404, "image generation is not enabled on this server; start it with --diffusion-model")
         snapshot = state.registry.snapshot
         wrong_kind = [s for s in payload.styles if s in snapshot.classifiers]
         if wrong_kind:

@@ -97,6 +97,6 @@ def test_generate_disabled_without_a_model(store_url, run_app):
     async def main():
         async with run_app(server_settings(store_url)) as app:
             r = await app.client.post("/v1/generate", json={"prompts": ["x"]})
-            assert r.status_code == 501 and "--diffusion-model" in r.json()["error"]
+            assert r.status_code == 404 and "--diffusion-model" in r.json()["error"]
 
     asyncio.run(main())

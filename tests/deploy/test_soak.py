@@ -1,0 +1,115 @@
+"""`restune bench soak`: short runs against a real server, for the report's shape and its verdicts.
+
+The real soak (600 s) is a benchmark, run by hand on a quiet machine (README, "Soak"); these runs check
+that the command measures what it says and that it fails when the server misbehaves.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SHORT = ["--backbone", "restune_vit_micro", "--images", "24", "--image-size", "32", "--tasks", "3", "--churn", "2",
+         "--sample-interval", "0.25"]
+
+
+def soak(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out_dir = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "clients.cli", "bench", "soak", *SHORT, "--out-dir", str(out_dir),
+                           *args], capture_output=True, text=True, timeout=300)
+    reports = sorted(out_dir.glob("soak-*.json"))
+    assert len(reports) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc, json.loads(reports[0].read_text())
+
+
+@pytest.mark.e2e
+def test_short_soak_report(tmp_path):
+    proc, report = soak(tmp_path, "--duration", "6", "--warmup", "2", "--rate", "15", "--write-fraction", "0.2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PASSED" in proc.stdout
+    assert report["benchmark"] == "soak" and report["passed"] is True
+    assert report["errors"] == {"total": 0, "by_kind": {}, "examples": {}}
+    ops = report["operations"]
+    assert ops["classify"]["count"] > 50 and ops["upload"]["count"] >= 3 and ops["delete"]["count"] >= 2
+    for kind in ("classify", "upload", "delete"):
+        assert ops[kind]["p50_ms"] <= ops[kind]["p99_ms"] <= ops[kind]["max_ms"]
+    sched = report["schedule"]
+    assert sched["completed_ok"] == sched["scheduled"] == sum(op["count"] for op in ops.values())
+    assert sched["scheduled"] == pytest.approx(15 * 8, abs=2)  # fixed rate: 15 ops/s for 2 + 6 s
+    samples = report["rss_samples"]
+    assert len(samples) >= 20 and all(s["rss_mb"] > 50 for s in samples)
+    assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
+    memory = report["memory"]
+    assert memory["steady"] in (True, False) and memory["measured_samples"] >= 8
+    assert memory["rss_max_mb"] >= memory["rss_end_mb"] > 0 and "second_half_slope_mb_per_min" in memory
+    assert report["final_tuners"]["consistent"] is True
+    assert {f"soak-stable-{i:02d}" for i in range(3)} <= set(report["final_tuners"]["served"])
+    assert report["server"]["hotload_failures"] == 0
+    assert {"machine", "device", "torch", "measured_at", "config"} <= set(report)
+    assert (tmp_path / "results" / "soak-restune_vit_micro-file-6s-cpu-{}t.png".format(
+        report["machine"]["torch_threads"])).stat().st_size > 1000
+
+
+@pytest.mark.e2e
+def test_soak_fails_when_requests_fail(tmp_path):
+    # a server that refuses every upload (the artifacts are bigger than its limit): the soak must say FAILED
+    proc, report = soak(tmp_path, "--duration", "3", "--warmup", "0.5", "--rate", "12", "--write-fraction", "0.3",
+                        "--server-arg=--max-upload-mb=0.0001")
+    assert proc.returncode == 1 and "FAILED" in proc.stdout
+    assert report["passed"] is False
+    assert report["errors"]["by_kind"].get("upload 413", 0) >= 1
+    assert "upload 413" in report["errors"]["examples"] and "limit" in report["errors"]["examples"]["upload 413"]
+    assert report["operations"]["classify"]["count"] > 0 and not any(
+        k.startswith("classify") for k in report["errors"]["by_kind"])
+
+
+def test_memory_verdict():
+    from server.bench_soak import _memory_verdict
+
+    def run(rss_at) -> dict:
+        return _memory_verdict([{"t_s": t, "rss_mb": rss_at(t)} for t in range(100)], warmup=10, tolerance_mb=32)
+
+    assert run(lambda t: 500 + (t % 3))["steady"] is True  # flat, with noise
+    leak = run(lambda t: 500 + t)  # 1 MiB/s for as long as it runs
+    assert leak["steady"] is False and leak["peak_growth_mb"] == 45
+    assert leak["second_half_slope_mb_per_min"] == pytest.approx(60, rel=1e-6)
+    assert run(lambda t: 300 + 20 * min(t, 10))["steady"] is True  # allocations on the first requests: warm-up
+    assert run(lambda t: 500 + (150 if t >= 40 else 0))["steady"] is True  # one burst early, flat after
+    assert run(lambda t: 500 + (150 if t >= 80 else 0))["steady"] is False  # a new peak late in the run
+    assert run(lambda t: 500 + 0.5 * t)["steady"] is True  # 22 MiB over the run: inside the tolerance
+    short = _memory_verdict([{"t_s": t, "rss_mb": 500} for t in range(12)], warmup=10, tolerance_mb=32)
+    assert short["steady"] is None and "too few samples" in short["why"]
+
+
+def test_tuner_churn_frees_old_snapshots(store_url, run_app, micro_backbone):
+    """Each store change builds a new tuner snapshot; the replaced ones must be freed, or a soak's RSS would climb."""
+    import asyncio
+    import gc
+
+    from restuning.bypass import ResTuningBypass
+    from restuning.engine import MultiTaskEngine
+    from tests.server.helpers import make_artifact, server_settings
+    from tuner_store.artifact import encode_artifact
+
+    def alive(cls) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if issubclass(type(o), cls))  # type(): no proxy __class__ lookups
+
+    async def main():
+        async with run_app(server_settings(store_url)) as app:
+            blobs = [encode_artifact(make_artifact(micro_backbone, "churn", seed=s)) for s in (1, 2)]
+            octet = {"content-type": "application/octet-stream"}
+            engines_before, heads_before = alive(MultiTaskEngine), alive(ResTuningBypass)
+            for i in range(8):
+                r = await app.client.post("/v1/tuners", content=blobs[i % 2], headers=octet)
+                assert r.status_code == 201, r.text
+                await app.wait_for(lambda: "churn" in app.state.registry.snapshot.classifiers)
+                assert (await app.client.delete("/v1/tuners/churn")).status_code == 200
+                await app.wait_for(lambda: "churn" not in app.state.registry.snapshot.classifiers)
+            assert len(app.state.registry.snapshot.classifiers) == 3
+            assert alive(MultiTaskEngine) <= engines_before
+            assert alive(ResTuningBypass) <= heads_before
+
+    asyncio.run(main())
