@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 serve: $(STAMP)
-	@echo "restune serve: the server is not built yet" >&2; exit 1
+	$(VENV)/bin/restune serve --demo-if-empty
 
 clean:
 	rm -rf $(VENV) build *.egg-info

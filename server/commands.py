@@ -74,9 +74,12 @@ def register(groups) -> None:
 
 
 def sample_curl(host: str, port: int) -> str:
+    import os
+
     from training.demo_tasks import SAMPLE_IMAGE_PATH
 
-    return f"curl -s -X POST http://{host}:{port}/v1/classify -F file=@{SAMPLE_IMAGE_PATH} -F top_k=3"
+    path = os.path.relpath(SAMPLE_IMAGE_PATH) if str(SAMPLE_IMAGE_PATH).startswith(os.getcwd()) else SAMPLE_IMAGE_PATH
+    return f"curl -s -X POST http://{host}:{port}/v1/classify -F file=@{path} -F top_k=3"
 
 
 def _serve(args) -> int:

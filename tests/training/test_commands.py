@@ -1,0 +1,107 @@
+"""`restune demo`, `restune bench train-memory`, `restune bench accuracy` and torchrun, on the micro backbone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from clients.cli import main
+from tests.training.conftest import MICRO
+from training import demo_tasks
+
+
+def test_demo_pushes_nineteen_working_tuners(tmp_path, capsys, micro_backbone):
+    from tuner_store.artifact import build_bypass_from_artifact
+    from tuner_store.store import open_store
+
+    url = f"file://{tmp_path / 'store'}"
+    code = main(["demo", "--store", url, "--backbone", MICRO, "--weights", "random:0", "--train-size", "12",
+                 "--test-size", "6", "--epochs", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    store = open_store(url)
+    latest = store.latest()
+    assert sorted(latest) == sorted(demo_tasks.task_names())
+    for name in demo_tasks.task_names():
+        assert f"{name}@1" in out  # one table row per task
+        record = latest[name]
+        assert record.metrics["demo"] and 0 <= record.metrics["test_accuracy"] <= 1 and record.metrics["num_test"] == 6
+        assert record.backbone_fingerprint == micro_backbone.fingerprint()
+    head = build_bypass_from_artifact(store.get("clevr_color"))
+    assert head.config.num_classes == 6 and "19 tuners pushed" in out
+
+
+def test_run_demo_is_the_servers_entry_point(tmp_path):
+    from training.demo import DemoSizes, run_demo
+
+    records = run_demo(str(tmp_path / "s"), backbone=MICRO, weights="random:0", progress=False,
+                       sizes=DemoSizes.uniform(8, 4, epochs=1))
+    assert len(records) == 19 and {r.ref for r in records} == {f"{n}@1" for n in demo_tasks.task_names()}
+
+
+def test_train_memory_schema_on_the_micro_backbone(tmp_path, capsys):
+    code = main(["bench", "train-memory", "--backbone", MICRO, "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--device", "cpu", "--threads", "1", "--out-dir", str(tmp_path), "--json", "--no-progress"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(payload["methods"]) == {"idle", "full", "restuning", "bypass", "bypass_cached"}
+    for method in ("full", "restuning", "bypass", "bypass_cached"):
+        r = payload["methods"][method]
+        assert "error" not in r, r
+        assert r["peak_bytes"] == r["peak_rss_bytes"] > payload["methods"]["idle"]["peak_rss_bytes"] > 0
+        assert r["step_ms_median"] > 0 and r["trainable_params"] > 0
+    assert payload["methods"]["full"]["trainable_params"] > payload["methods"]["bypass"]["trainable_params"]
+    ratios = payload["ratios_vs_full"]
+    assert set(ratios) == {"restuning", "bypass", "bypass_cached"}
+    assert {"peak_memory", "step_time", "peak_memory_above_idle", "target_peak_memory", "meets_target"} <= set(
+        ratios["bypass"])
+    assert (tmp_path / "train-memory-restune_vit_micro-cpu-1t.json").is_file() or payload["written"]
+
+
+def test_train_memory_diffusion_flag_fails_clearly_without_the_module(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "training.diffusion_memory", None)  # as if the module were not built
+    code = main(["bench", "train-memory", "--diffusion", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--diffusion is not available" in err
+
+
+def test_bench_accuracy_writes_the_three_methods(tmp_path):
+    from training.accuracy import run_digits_accuracy
+
+    payload = run_digits_accuracy(backbone=MICRO, weights="random:0", pooling="avg", epochs=1, batch_size=16,
+                                  lrs={"linear": (0.05,), "bypass": (0.01, 0.05), "full": (1e-3,)}, progress=False,
+                                  sizes={"train": 60, "test": 30}, cache_dir=str(tmp_path))
+    assert set(payload["results"]) == {"linear", "bypass", "full"}
+    assert len(payload["results"]["bypass"]["sweep"]) == 2
+    for r in payload["results"].values():
+        assert 0 <= r["test_accuracy"] <= 1 and r["selected_by"] == "val_accuracy"
+    assert payload["settings"]["num_test"] == 30 and "bypass_minus_linear_points" in payload
+    assert payload["settings"]["weights"] == "random:0"
+
+
+def test_torchrun_two_cpu_ranks_match_one_process(image_folder, tmp_path):
+    """DDP (gloo, 2 ranks x batch 4) sees the same global batches as 1 process x batch 8: same weights.
+
+    24 training images (validation on a separate copy) split evenly: no sampler padding, no short batch.
+    """
+    from tuner_store.artifact import read_artifact
+
+    common = ["train", "classify", "--data", str(image_folder), "--backbone", MICRO, "--weights", "random:0",
+              "--epochs", "2", "--dim", "4", "--no-progress", "--feature-cache", "--no-checkpoints",
+              "--no-augment", "--val-fraction", "0", "--val-data", str(image_folder)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clients.cli",
+         *common, "--batch-size", "4", "--out", str(tmp_path / "ddp.safetensors"), "--push", str(tmp_path / "st")],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("pushed pets@1") == 1  # rank 0 alone reports and pushes
+    assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "one.safetensors")]) == 0
+    ddp, one = read_artifact(tmp_path / "ddp.safetensors"), read_artifact(tmp_path / "one.safetensors")
+    import torch
+
+    for key in one.tensors:
+        assert torch.allclose(ddp.tensors[key], one.tensors[key], atol=1e-5), key
+    assert ddp.metrics["val_accuracy"] == one.metrics["val_accuracy"]

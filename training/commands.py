@@ -1,0 +1,286 @@
+"""`restune train classify`, `restune demo`, `restune bench train-memory` and `restune bench accuracy`.
+
+Handlers import torch and friends lazily so `restune --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, …")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading worker processes (default: 0 on the CPU, 4 on CUDA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(groups) -> None:
+    from restuning.commands import add_tuner_structure_args
+
+    p = groups.train.add_parser(
+        "classify", help="train a classification tuner on an image folder, a CSV or a built-in task",
+        description="Train a Res-Tuning-Bypass tuner (or a baseline) on a frozen backbone and write the artifact. "
+                    "--data is an ImageFolder-style directory (one sub-folder per class), a CSV with path,label "
+                    "columns (paths relative to the CSV), or a built-in task name (see `restune demo`).",
+    )
+    p.add_argument("--data", required=True, help="image folder, CSV (path,label) or built-in task (e.g. digits)")
+    p.add_argument("--val-data", default=None, help="a separate validation set (same classes); default: carve "
+                                                     "--val-fraction of --data, per class")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out (0.1; 0: none)")
+    p.add_argument("--backbone", default="vit_tiny_patch16_224")
+    p.add_argument("--weights", default="auto", help="pretrained | random | random:SEED | auto | FILE.safetensors")
+    p.add_argument("--method", default="bypass", help="bypass | linear | full | restuning")
+    add_tuner_structure_args(p)
+    p.add_argument("--mha", default="adapter", help="restuning: tuner beside MHA (adapter|prefix|prompt|none)")
+    p.add_argument("--ffn", default="adapter", help="restuning: tuner beside FFN")
+    p.add_argument("--block", default="none", help="restuning: tuner beside the whole block")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="per process under torchrun (32)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base learning rate (default: bypass 0.01, linear 0.05, restuning 0.005, full 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up (default: 10%% of --epochs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no RandomResizedCrop / flip")
+    p.add_argument("--crop-scale", type=float, default=0.35, help="smallest RandomResizedCrop area (0.35)")
+    p.add_argument("--feature-cache", action="store_true",
+                   help="extract backbone features once per view and train every epoch from them (bypass, linear)")
+    p.add_argument("--cache-views", type=_positive_int, default=4,
+                   help="augmented views cached; epoch e trains on view e mod K (4)")
+    p.add_argument("--cache-dir", default=None, help="keep the cache on disk here (reused by later runs); "
+                                                      "default: in memory")
+    p.add_argument("--cache-max-gb", type=float, default=4.0, help="size limit of the cache (4)")
+    p.add_argument("--cache-dtype", default="float32", help="float32 (exact) or float16 (half the size)")
+    p.add_argument("--name", default=None, help="tuner name (default: from the folder, CSV or task name)")
+    p.add_argument("--out", default=None, help="artifact file (default: ./NAME.safetensors)")
+    p.add_argument("--push", default=None, metavar="URL",
+                   help="push the tuner: a store URL (file://…, redis://…, a path) or a server URL (http[s]://…; "
+                        "uses $RESTUNE_ADMIN_TOKEN)")
+    p.add_argument("--checkpoint-dir", default=None, help="where epoch checkpoints go (default: checkpoints/NAME next to --out, "
+                                                                "else in the current directory)")
+    p.add_argument("--no-checkpoints", action="store_true", help="do not write epoch checkpoints")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue from a checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_run_args(p)
+    p.set_defaults(handler=_train_classify)
+
+    d = groups.top.add_parser(
+        "demo", help="train the 19 demo tuners (digits + generated structured tasks) and push them",
+        description="Trains 19 bypass tuners (5 digits tasks on scikit-learn's real handwritten digits, 14 on "
+                    "generated dSprites/Clevr/NORB-like scenes) from a feature cache, one backbone pass per image "
+                    "set, pushes them to the store and prints a per-task accuracy table.",
+    )
+    d.add_argument("--store", default=None, help="store URL (default: $RESTUNE_STORE, else ./data/tuners)")
+    d.add_argument("--backbone", default="vit_tiny_patch16_224")
+    d.add_argument("--weights", default="auto", help="auto (pretrained if cached, else random:0) | random | …")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--epochs", type=_positive_int, default=None, help="override the demo's 25 epochs")
+    d.add_argument("--train-size", type=_positive_int, default=None,
+                   help="training images per image set (default: digits 1000, others 800)")
+    d.add_argument("--test-size", type=_positive_int, default=None,
+                   help="test images per image set (default: digits 500, others 300)")
+    d.add_argument("--json", action="store_true", help="print the table as JSON")
+    _add_run_args(d)
+    d.set_defaults(handler=_demo)
+
+    b = groups.bench.add_parser("train-memory", help="peak memory + step time: full FT, Res-Tuning, bypass, cached")
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--batch-size", type=_positive_int, default=32)
+    b.add_argument("--methods", default="full,restuning,bypass,bypass_cached",
+                   help="comma list of full, restuning, bypass, bypass_cached, linear")
+    b.add_argument("--pooling", default=None, choices=("token", "avg"), help="default: the backbone's own")
+    b.add_argument("--steps", type=_positive_int, default=None, help="measured steps (CPU 3, CUDA 10)")
+    b.add_argument("--warmup", type=int, default=None, help="warm-up steps (CPU 1, CUDA 3)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads in each worker")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out-dir", default="bench/results")
+    b.add_argument("--no-save", action="store_true", help="do not write bench/results files")
+    b.add_argument("--json", action="store_true", help="print the JSON result")
+    b.add_argument("--diffusion", action="store_true",
+                   help="measure Stable Diffusion style tuning instead (bypass vs full U-Net fine-tuning)")
+    b.add_argument("--diffusion-model", default=None, help="--diffusion: a diffusers directory or tiny-random")
+    b.add_argument("--diffusion-batch-size", type=int, default=None)
+    b.add_argument("--diffusion-resolution", type=int, default=None)
+    b.add_argument("--diffusion-steps", type=int, default=None)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(handler=_bench_train_memory)
+
+    a = groups.bench.add_parser("accuracy", help="digits: bypass vs linear probing vs full fine-tuning (test split)")
+    a.add_argument("--backbone", default="vit_tiny_patch16_224")
+    a.add_argument("--weights", default="random:0")
+    a.add_argument("--pooling", default="avg", choices=("token", "avg"))
+    a.add_argument("--epochs", type=_positive_int, default=20)
+    a.add_argument("--batch-size", type=_positive_int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--methods", default="linear,bypass,full")
+    a.add_argument("--lr-linear", type=_float_list, default=None, help="candidates (default 0.2,0.1,0.05,0.01)")
+    a.add_argument("--lr-bypass", type=_float_list, default=None, help="candidates (default 0.05,0.01,0.005)")
+    a.add_argument("--lr-full", type=_float_list, default=None, help="candidates (default 3e-4,1e-4)")
+    a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
+    a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--out-dir", default="bench/results")
+    a.add_argument("--no-save", action="store_true")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(handler=_bench_accuracy)
+
+
+def _workers(args, device: str) -> int:
+    if args.workers is not None:
+        return args.workers
+    return 4 if device.startswith("cuda") else 0
+
+
+def _train_classify(args) -> int:
+    from restuning.errors import ConfigError
+    from training.classify import ClassifyOptions, summary_lines, train_classify
+    from training.data import sanitize_name
+    from training.distributed import resolve_device
+    from training.methods import MethodSpec
+    from training.trainer import TrainSettings
+
+    device = resolve_device(args.device)
+    spec = MethodSpec(method=args.method, horizontal=args.horizontal, vertical=args.vertical, dim=args.dim,
+                      layers=args.layers, pooling=args.pooling, mha=args.mha, ffn=args.ffn, block=args.block)
+    name_hint = args.name or sanitize_name(args.data.removeprefix("builtin:").rstrip("/").split("/")[-1]
+                                           .removesuffix(".csv"))
+    # Checkpoints sit next to the artifact (--out's directory), else under ./checkpoints.
+    default_dir = (Path(args.out).parent if args.out else Path(".")) / "checkpoints" / name_hint
+    checkpoint_dir = None if args.no_checkpoints else (args.checkpoint_dir or args.resume or str(default_dir))
+    if args.resume and args.no_checkpoints:
+        raise ConfigError("--resume continues writing checkpoints; drop --no-checkpoints")
+    settings = TrainSettings(
+        method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed,
+        augment=not args.no_augment, crop_scale=args.crop_scale, feature_cache=args.feature_cache,
+        cache_views=args.cache_views, cache_dir=args.cache_dir, cache_max_gb=args.cache_max_gb,
+        cache_dtype=args.cache_dtype, device=device, workers=_workers(args, device),
+        progress=not args.no_progress and sys.stderr.isatty(), checkpoint_dir=checkpoint_dir, resume=args.resume,
+    )
+    opts = ClassifyOptions(data=args.data, backbone=args.backbone, weights=args.weights, spec=spec, train=settings,
+                           name=args.name, out=args.out, push=args.push, val_data=args.val_data,
+                           val_fraction=args.val_fraction)
+    result = train_classify(opts)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return 0
+    if args.json:
+        print(json.dumps({"name": result.name, "method": result.method, "out": str(result.out),
+                          "pushed": result.pushed, "servable": result.servable, "metrics": result.metrics,
+                          "unreadable": [{"path": u.path, "reason": u.reason} for u in result.unreadable]},
+                         indent=2))
+    else:
+        for line in summary_lines(result):
+            print(line)
+    return 0
+
+
+def _demo(args) -> int:
+    from training.demo import DemoSizes, format_table, run_demo_report
+    from training.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    defaults = DemoSizes()
+    train = {s: args.train_size for s in defaults.train} if args.train_size else defaults.train
+    test = {s: args.test_size for s in defaults.test} if args.test_size else defaults.test
+    sizes = DemoSizes(train=train, test=test, epochs=args.epochs or defaults.epochs)
+    store = args.store or os.environ.get("RESTUNE_STORE") or None
+    report = run_demo_report(store, backbone=args.backbone, weights=args.weights, seed=args.seed,
+                             progress=not args.no_progress and sys.stderr.isatty(), sizes=sizes, device=device,
+                             workers=_workers(args, device))
+    if args.json:
+        print(json.dumps({"seconds": round(report.seconds, 1), "backbone": report.backbone,
+                          "weights": report.weights, "store": report.store,
+                          "tasks": [r.__dict__ for r in report.rows]}, indent=2))
+    else:
+        print(format_table(report))
+    return 0
+
+
+def _bench_train_memory(args) -> int:
+    from restuning.errors import ConfigError
+
+    if args.diffusion:
+        try:
+            from training.diffusion_memory import run_diffusion_train_memory
+        except ImportError as exc:
+            raise ConfigError(f"--diffusion is not available in this build ({exc})") from None
+        run_diffusion_train_memory(args)
+        return 0
+    from restuning.benchmarking import device_slug, write_results
+    from training.distributed import resolve_device
+    from training.train_memory import METHODS, format_report, run_train_memory
+
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    device = resolve_device(args.device)
+    payload = run_train_memory(backbone=args.backbone, batch_size=args.batch_size, device=device, methods=methods,
+                               steps=args.steps, warmup=args.warmup, pooling=args.pooling, threads=args.threads,
+                               progress=not args.no_progress and sys.stderr.isatty())
+    if not args.no_save:
+        path = write_results(f"train-memory-{args.backbone}-{device_slug(device)}", payload, args.out_dir)
+        payload["written"] = str(path)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_report(payload))
+        if "written" in payload:
+            print(f"wrote {payload['written']}")
+    return 0
+
+
+def _bench_accuracy(args) -> int:
+    from restuning.benchmarking import device_slug, write_results
+    from restuning.errors import ConfigError
+    from training.accuracy import METHODS, format_accuracy, run_digits_accuracy
+    from training.distributed import resolve_device
+
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
+    device = resolve_device(args.device)
+    payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
+                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, methods=methods,
+                                  lrs=lrs, augment=args.augment, device=device, cache_dir=args.cache_dir,
+                                  progress=not args.no_progress and sys.stderr.isatty())
+    if not args.no_save:
+        path = write_results(f"digits-accuracy-{device_slug(device)}", payload, args.out_dir)
+        payload["written"] = str(path)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_accuracy(payload))
+        if "written" in payload:
+            print(f"wrote {payload['written']}")
+    return 0
