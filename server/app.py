@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Query, Request
@@ -107,6 +108,35 @@ def parse_tasks(value) -> list[str] | None:
     return tasks or None
 
 
+class MetricsMiddleware:
+    """Request counts and latency per route template, as plain ASGI (Starlette's BaseHTTPMiddleware
+    wraps every response in an extra task and stream, which costs more than the metrics themselves)."""
+
+    def __init__(self, app, metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(endpoint, method, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - start)
+
+
 def create_app(settings: ServerSettings | None = None, *, state: ServerState | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     state = state or ServerState(settings)
@@ -133,17 +163,12 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     image_limit = int(settings.max_image_mb * 1024 * 1024)
+    # Decoding runs beside the model thread; one worker is enough to keep batches full and, unlike a
+    # wide pool, does not pre-empt the backbone's intra-op threads several times over.
+    decode_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restune-decode")
     upload_limit = int(settings.max_upload_mb * 1024 * 1024)
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        state.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint, request.method).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     # -- classify ------------------------------------------------------------------------------
 
@@ -165,10 +190,11 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
                 log.info("image decoder failed: %s: %s", type(exc).__name__, exc)
                 raise InputError(f"could not decode the image ({type(exc).__name__})") from None
             pixels = state.preprocessor(image)
-            return pixels, content_key(pixels)
+            # hashing 600 KB of pixels is wasted work when there is no cache to look in
+            return pixels, content_key(pixels) if state.cache.max_bytes else ""
 
         try:
-            return await asyncio.to_thread(work)
+            return await asyncio.get_running_loop().run_in_executor(decode_executor, work)
         except InputError as exc:
             raise APIError(400, f"bad image: {exc}") from None
 

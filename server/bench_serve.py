@@ -4,8 +4,8 @@ In one run: (1) start `restune serve` as a subprocess on a free loopback port wi
 T random tuners in a fresh local store, (2) drive it with N concurrent clients for
 S seconds using distinct images (the feature cache is off so every request pays
 for its backbone share), (3) measure put-to-serving latency of hot-loaded tuners,
-(4) stop the server and time the raw engine in this process at the server's mean
-batch size. Throughput ratio = server / raw engine.
+(4) stop the server and run the raw engine in this process at the server's mean
+batch size for the same duration. Throughput ratio = server / raw engine.
 """
 from __future__ import annotations
 
@@ -78,39 +78,74 @@ def _histogram_mean(metrics_text: str, name: str) -> float | None:
     return float(total.group(1)) / float(count.group(1))
 
 
+def _classify_request(host: str, port: int, image: bytes) -> bytes:
+    """One complete HTTP/1.1 request, encoded once up front so the load generator costs almost no CPU."""
+    import json
+
+    body = json.dumps({"image": base64.b64encode(image).decode(), "top_k": 1}).encode()
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
 async def _drive(url: str, images: list[bytes], concurrency: int, duration: float) -> dict:
+    """N keep-alive connections, each sending its next request as soon as the last answer arrives.
+
+    The client shares the machine's cores with the server, so it is a minimal HTTP/1.1 writer/reader
+    (like wrk) rather than a full client library; its own CPU use is reported as `client_cpu_cores`.
+    """
     import httpx
 
-    bodies = [{"image": base64.b64encode(img).decode(), "top_k": 1} for img in images]
+    host, port = url.removeprefix("http://").split(":")
+    requests = [_classify_request(host, int(port), img) for img in images]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    counter = 0
     stop_at = time.perf_counter() + duration
 
-    async with httpx.AsyncClient(base_url=url, timeout=60.0,
-                                 limits=httpx.Limits(max_connections=concurrency + 4)) as client:
-        async def worker(offset: int):
-            nonlocal counter
-            i = offset
+    async def worker(offset: int):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        i = offset
+        try:
             while time.perf_counter() < stop_at:
-                body = bodies[i % len(bodies)]
+                request = requests[i % len(requests)]
                 i += concurrency
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/v1/classify", json=body)
-                    ok = r.status_code == 200
-                    if not ok:
-                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                except httpx.HTTPError as exc:
-                    ok = False
+                    writer.write(request)
+                    await writer.drain()
+                    status = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                if ok:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    continue
+                if status == 200:
                     latencies.append(time.perf_counter() - start)
-                    counter += 1
+                else:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+        finally:
+            writer.close()
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    cpu_before = time.process_time()
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    client_cpu = (time.process_time() - cpu_before) / elapsed
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
         metrics_text = (await client.get("/metrics")).text
     latencies.sort()
 
@@ -118,12 +153,13 @@ async def _drive(url: str, images: list[bytes], concurrency: int, duration: floa
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2) if latencies else None
 
     return {
-        "requests_ok": counter,
+        "requests_ok": len(latencies),
         "errors": errors,
         "elapsed_s": round(elapsed, 3),
-        "throughput_rps": round(counter / elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 3),
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
         "mean_batch_size": _histogram_mean(metrics_text, "restune_batch_size"),
+        "client_cpu_cores": round(client_cpu, 3),
     }
 
 
@@ -160,10 +196,12 @@ async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dic
     }
 
 
-def _raw_engine(backbone, names, store_url, images: list[bytes], batch: int, repeats: int) -> dict:
+def _raw_engine(backbone, names, store_url, images: list[bytes], batch: int, duration: float) -> dict:
+    """The engine alone, on preprocessed distinct images, batch after batch for as long as the server ran."""
+    import statistics
+
     from restuning.engine import MultiTaskEngine
     from restuning.preprocess import ImagePreprocessor, load_image
-    from restuning.benchmarking import interleaved_medians
     from tuner_store.artifact import build_bypass_from_artifact
     from tuner_store.store import open_store
 
@@ -172,10 +210,20 @@ def _raw_engine(backbone, names, store_url, images: list[bytes], batch: int, rep
     store.close()
     engine = MultiTaskEngine(backbone, heads)
     pre = ImagePreprocessor(backbone.info)
-    pixels = torch.stack([pre(load_image(images[i % len(images)])) for i in range(batch)])
-    medians = interleaved_medians({"engine": lambda: engine.classify(pixels)}, repeats=repeats, warmup=2)
-    return {"batch": batch, "median_ms": round(medians["engine"], 3),
-            "throughput_ips": round(batch / (medians["engine"] / 1000), 3)}
+    pixels = torch.stack([pre(load_image(img)) for img in images])
+    batches = [pixels[i:i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
+    for b in batches[:2]:  # warm-up
+        engine.classify(b)
+    times, done = [], 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < duration:
+        start = time.perf_counter()
+        engine.classify(batches[len(times) % len(batches)])
+        times.append(time.perf_counter() - start)
+        done += batch
+    elapsed = time.perf_counter() - began
+    return {"batch": batch, "duration_s": round(elapsed, 3), "median_batch_ms": round(statistics.median(times) * 1000, 3),
+            "throughput_ips": round(done / elapsed, 3)}
 
 
 def run_serve_bench(
@@ -188,7 +236,6 @@ def run_serve_bench(
     max_queue_delay_ms: float = 5.0,
     hotload_puts: int = 20,
     image_size: int = 256,
-    repeats: int = 10,
 ) -> dict:
     from restuning.backbones import create_backbone
     from restuning.benchmarking import machine_info
@@ -220,7 +267,7 @@ def run_serve_bench(
                 except subprocess.TimeoutExpired:
                     proc.kill()
         batch = max(1, round(load["mean_batch_size"] or max_batch_size))
-        raw = _raw_engine(backbone, names, store_url, images, batch, repeats)
+        raw = _raw_engine(backbone, names, store_url, images, batch, duration)
     ratio = load["throughput_rps"] / raw["throughput_ips"] if raw["throughput_ips"] else None
     payload = machine_info("cpu")
     payload.update(

@@ -96,7 +96,14 @@ class ClassifyRunner:
         wanted = list(dict.fromkeys(t for r in batch for t in (r.tasks or loaded)))
         start = time.perf_counter()
         logits = snapshot.engine.run(feats, wanted)
-        probs = {name: torch.softmax(v.float(), dim=-1).cpu() for name, v in logits.items()}
+        # One top-k per task for the whole batch, turned into Python lists once: per-request,
+        # per-task tensor calls would cost more than the heads themselves on a small backbone.
+        k_max = max(r.top_k for r in batch)
+        ranked = {}
+        for name, v in logits.items():
+            probs = torch.softmax(v.float(), dim=-1)
+            scores, idx = torch.topk(probs, min(k_max, probs.shape[-1]), dim=-1)
+            ranked[name] = (scores.cpu().tolist(), idx.cpu().tolist())
         heads_ms = (time.perf_counter() - start) * 1000
         if self.metrics is not None:
             self.metrics.heads_seconds.observe(heads_ms / 1000)
@@ -105,12 +112,10 @@ class ClassifyRunner:
             out = {}
             for name in r.tasks or loaded:
                 tuner = snapshot.classifiers[name]
-                p = probs[name][j]
-                k = min(r.top_k, p.numel())
-                scores, idx = torch.topk(p, k)
+                scores, idx = ranked[name]
                 out[name] = {
-                    "labels": [tuner.labels[int(c)] for c in idx],
-                    "scores": [round(float(s), 6) for s in scores],
+                    "labels": [tuner.labels[c] for c in idx[j][: r.top_k]],
+                    "scores": [round(s, 6) for s in scores[j][: r.top_k]],
                     "tuner": tuner.ref,
                 }
             results[i] = {
