@@ -94,6 +94,19 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
     return body
 
 
+async def read_multipart_file(request: Request, limit: int, what: str):
+    """(form, bytes of its file field 'file') from a multipart body of at most `limit` bytes."""
+    await read_body(request, limit, "the request body")
+    try:
+        form = await request.form()
+    except Exception:
+        raise APIError(400, "malformed multipart body") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, f"multipart requests need {what} as the file field 'file'")
+    return form, await upload.read()
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -222,15 +235,7 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
                 raise APIError(400, "'image' is not valid base64") from None
             tasks, top_k = parse_tasks(payload.tasks), payload.top_k
         elif kind == "multipart/form-data":
-            await read_body(request, body_limit, "the request body")
-            try:
-                form = await request.form()
-            except Exception:
-                raise APIError(400, "malformed multipart body") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise APIError(400, "multipart requests need the image as the file field 'file'")
-            data = await upload.read()
+            form, data = await read_multipart_file(request, body_limit, "the image")
             tasks = parse_tasks(form.getlist("tasks") or None)
             raw_top_k = form.get("top_k")
             top_k = None
@@ -383,15 +388,7 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
         if kind == "application/octet-stream":
             data = await read_body(request, upload_limit, "the artifact")
         elif kind == "multipart/form-data":
-            await read_body(request, upload_limit + 64 * 1024, "the request body")
-            try:
-                form = await request.form()
-            except Exception:
-                raise APIError(400, "malformed multipart body") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise APIError(400, "multipart uploads need the artifact as the file field 'file'")
-            data = await upload.read()
+            _, data = await read_multipart_file(request, upload_limit + 64 * 1024, "the artifact")
             if len(data) > upload_limit:
                 raise APIError(413, f"the artifact is {len(data)} bytes; the limit is {upload_limit}")
         else:

@@ -261,11 +261,7 @@ def run_serve_bench(
                 load = asyncio.run(_drive(url, images, concurrency, duration))
                 hotload = asyncio.run(_hotload_latency(url, store_url, backbone, hotload_puts)) if hotload_puts else None
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc, timeout=20)
         batch = max(1, round(load["mean_batch_size"] or max_batch_size))
         raw = _raw_engine(backbone, names, store_url, images, batch, duration)
     ratio = load["throughput_rps"] / raw["throughput_ips"] if raw["throughput_ips"] else None
@@ -282,6 +278,16 @@ def run_serve_bench(
         hotload=hotload,
     )
     return payload
+
+
+def stop_server(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGINT (uvicorn's graceful shutdown), then SIGKILL if it does not end in time."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180.0) -> None:

@@ -21,7 +21,6 @@ import base64
 import os
 import random
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -299,7 +298,7 @@ def _served_tuners(url: str) -> set[str]:
 def run_soak(cfg: SoakConfig) -> dict:
     from restuning.backbones import create_backbone
     from restuning.benchmarking import machine_info
-    from server.bench_serve import _jpeg_images, _wait_ready, free_port
+    from server.bench_serve import _jpeg_images, _wait_ready, free_port, stop_server
     from tuner_store.store import open_store
 
     backbone = create_backbone(cfg.backbone, weights=cfg.weights)
@@ -360,12 +359,7 @@ def run_soak(cfg: SoakConfig) -> dict:
 
                 metrics_text = httpx.get(f"{url}/metrics", timeout=30).text
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_server(proc, timeout=30)
         server_log_tail = log_path.read_text(errors="replace")[-3000:]
 
     memory = _memory_verdict(samples, cfg.warmup, cfg.rss_tolerance_mb)

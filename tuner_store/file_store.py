@@ -34,6 +34,7 @@ from tuner_store.store import (
     TunerRecord,
     TunerStore,
     check_name,
+    pick_version,
     parse_delete_version,
     parse_version,
 )
@@ -216,13 +217,7 @@ class FileTunerStore(TunerStore):
         self._refresh()
         with self._state_lock:
             live = sorted(self._live.get(name, {}))
-        if not live:
-            raise NotFoundError(f"no tuner named {name!r} in {self.url}")
-        if wanted is None:
-            return live[-1]
-        if wanted not in live:
-            raise NotFoundError(f"tuner {name!r} has no version {wanted}; versions: {live}")
-        return wanted
+        return pick_version(name, live, wanted, self.url)
 
     def _record(self, name: str, version: int) -> TunerRecord:
         cached = self._records.get((name, version))

@@ -32,6 +32,7 @@ from tuner_store.store import (
     TunerRecord,
     TunerStore,
     check_name,
+    pick_version,
     parse_delete_version,
     parse_version,
 )
@@ -219,13 +220,7 @@ class RedisTunerStore(TunerStore):
         wanted = parse_version(version)
         with self._guard():
             live = sorted(int(v) for v in self._client.hkeys(self._key("versions", name)))
-        if not live:
-            raise NotFoundError(f"no tuner named {name!r} in {self.url}")
-        if wanted is None:
-            return live[-1]
-        if wanted not in live:
-            raise NotFoundError(f"tuner {name!r} has no version {wanted}; versions: {live}")
-        return wanted
+        return pick_version(name, live, wanted, self.url)
 
     def record(self, name: str, version: int | str = "latest") -> TunerRecord:
         resolved = self._resolve(name, version)

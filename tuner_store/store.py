@@ -110,6 +110,17 @@ def parse_version(version: int | str | None) -> int | None:
     raise NotFoundError(f"no version {version!r}: versions are positive integers or 'latest'")
 
 
+def pick_version(name: str, live: list[int], wanted: int | None, url: str) -> int:
+    """`wanted` (None: the newest) among a name's live versions, sorted ascending; NotFoundError otherwise."""
+    if not live:
+        raise NotFoundError(f"no tuner named {name!r} in {url}")
+    if wanted is None:
+        return live[-1]
+    if wanted not in live:
+        raise NotFoundError(f"tuner {name!r} has no version {wanted}; versions: {live}")
+    return wanted
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """'name' -> (name, None); 'name@3' -> (name, 3); 'name@latest' -> (name, None)."""
     name, sep, version = ref.partition("@")
