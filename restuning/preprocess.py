@@ -47,14 +47,22 @@ def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXE
 
 
 class ImagePreprocessor:
-    """RGB PIL image or uint8 array [H, W, 3] -> float tensor [3, H', W'] for one backbone."""
+    """RGB PIL image or uint8 array [H, W, 3] -> float tensor [3, H', W'] for one backbone.
+
+    Two halves, so a server can decode and resize per request (`to_uint8`) and
+    normalise a whole batch at once on the model's thread and device
+    (`normalize`): per-image float maths on a second thread competes with the
+    backbone's intra-op threads. Calling the object runs both halves and gives
+    the same numbers bit for bit.
+    """
 
     def __init__(self, info: BackboneInfo):
         self.size = info.image_size
         self.mean = torch.tensor(info.mean).view(3, 1, 1)
         self.std = torch.tensor(info.std).view(3, 1, 1)
 
-    def __call__(self, image) -> torch.Tensor:
+    def to_uint8(self, image) -> torch.Tensor:
+        """RGB image -> resized uint8 pixels [3, H', W']."""
         from PIL import Image
 
         if isinstance(image, np.ndarray):
@@ -65,5 +73,16 @@ class ImagePreprocessor:
         h, w = self.size
         if image.size != (w, h):
             image = image.resize((w, h), Image.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return (pixels - self.mean) / self.std
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [..., 3, H, W] (any device) -> normalised float32 [..., 3, H, W] on the same device."""
+        if pixels.dtype != torch.uint8:
+            raise InputError(f"normalize expects uint8 pixels, got {pixels.dtype}")
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        # in place on the fresh float copy: the same operations and rounding as `(p / 255 - mean) / std`,
+        # a quarter of the time (no temporaries)
+        return pixels.float().div_(255.0).sub_(mean).div_(std)
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.normalize(self.to_uint8(image))

@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Query, Request
@@ -37,6 +36,7 @@ from server.schemas import (
 )
 from server.settings import ServerSettings
 from server.state import ServerState
+from server.torch_threads import helper_executor
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     image_limit = int(settings.max_image_mb * 1024 * 1024)
     # Decoding runs beside the model thread; one worker is enough to keep batches full and, unlike a
     # wide pool, does not pre-empt the backbone's intra-op threads several times over.
-    decode_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restune-decode")
+    decode_executor = helper_executor(max_workers=1, thread_name_prefix="restune-decode")
     upload_limit = int(settings.max_upload_mb * 1024 * 1024)
 
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
@@ -202,8 +202,9 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
                 # name (e.g. NotImplementedError from a DDS header): the client's bad input, not our 500
                 log.info("image decoder failed: %s: %s", type(exc).__name__, exc)
                 raise InputError(f"could not decode the image ({type(exc).__name__})") from None
-            pixels = state.preprocessor(image)
-            # hashing 600 KB of pixels is wasted work when there is no cache to look in
+            # uint8 only: the batch is normalised at once on the model thread (see ClassifyRunner)
+            pixels = state.preprocessor.to_uint8(image)
+            # hashing the pixels is wasted work when there is no cache to look in
             return pixels, content_key(pixels) if state.cache.max_bytes else ""
 
         try:

@@ -1,11 +1,12 @@
 """`restune bench serve`: a real server on loopback under N concurrent clients vs the raw engine.
 
 In one run: (1) start `restune serve` as a subprocess on a free loopback port with
-T random tuners in a fresh local store, (2) drive it with N concurrent clients for
-S seconds using distinct images (the feature cache is off so every request pays
-for its backbone share), (3) measure put-to-serving latency of hot-loaded tuners,
-(4) stop the server and run the raw engine in this process at the server's mean
-batch size for the same duration. Throughput ratio = server / raw engine.
+T random tuners in a fresh local store; (2) in R rounds, drive it with N concurrent
+clients for S/R seconds using distinct images (the feature cache is off so every
+request pays for its backbone share), then run the raw engine in this process at
+the server's mean batch size for S/R seconds while the server idles; (3) measure
+put-to-serving latency of hot-loaded tuners. Throughput ratio = server / raw
+engine over the whole S seconds of each.
 """
 from __future__ import annotations
 
@@ -70,12 +71,58 @@ def _fill_store(store_url: str, backbone, tasks: int) -> list[str]:
     return names
 
 
-def _histogram_mean(metrics_text: str, name: str) -> float | None:
+def _histogram_totals(metrics_text: str, name: str) -> tuple[float, float]:
+    """(sum, count) of one Prometheus histogram; zeros when it has no samples yet."""
     total = re.search(rf"^{name}_sum (\S+)$", metrics_text, re.M)
     count = re.search(rf"^{name}_count (\S+)$", metrics_text, re.M)
-    if not total or not count or float(count.group(1)) == 0:
-        return None
-    return float(total.group(1)) / float(count.group(1))
+    return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+
+
+_HISTOGRAMS = ("restune_batch_size", "restune_backbone_seconds", "restune_heads_seconds")
+
+
+def _histogram_deltas(before: str, after: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) gained by each server histogram between two /metrics scrapes."""
+    out = {}
+    for name in _HISTOGRAMS:
+        (s0, c0), (s1, c1) = _histogram_totals(before, name), _histogram_totals(after, name)
+        out[name] = (s1 - s0, c1 - c0)
+    return out
+
+
+def _summarize_load(windows: list[dict]) -> dict:
+    """One report over every load window: throughput, latency percentiles, server-side batch figures."""
+    latencies = sorted(x for w in windows for x in w["latencies"])
+    errors: dict[str, int] = {}
+    for w in windows:
+        for k, v in w["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    elapsed = sum(w["elapsed"] for w in windows)
+    totals = {name: (sum(w["histograms"][name][0] for w in windows), sum(w["histograms"][name][1] for w in windows))
+              for name in _HISTOGRAMS}
+    batches = totals["restune_batch_size"][1]
+    backbone_s, heads_s = totals["restune_backbone_seconds"][0], totals["restune_heads_seconds"][0]
+
+    def pct(p):
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2) if latencies else None
+
+    def per_batch(seconds: float) -> float | None:
+        return round(seconds / batches * 1000, 3) if batches else None
+
+    return {
+        "requests_ok": len(latencies),
+        "errors": errors,
+        "elapsed_s": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 3) if elapsed else 0.0,
+        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "mean_batch_size": totals["restune_batch_size"][0] / batches if batches else None,
+        "mean_backbone_ms": per_batch(backbone_s),
+        "mean_heads_ms": per_batch(heads_s),
+        # share of the time the model thread spent in the backbone or heads; the rest is input handling,
+        # post-processing and waiting for work
+        "model_busy_fraction": round((backbone_s + heads_s) / elapsed, 4) if elapsed else None,
+        "client_cpu_cores": round(sum(w["client_cpu_s"] for w in windows) / elapsed, 3) if elapsed else None,
+    }
 
 
 def _classify_request(host: str, port: int, image: bytes) -> bytes:
@@ -103,7 +150,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _drive(url: str, images: list[bytes], concurrency: int, duration: float) -> dict:
-    """N keep-alive connections, each sending its next request as soon as the last answer arrives.
+    """One load window: N keep-alive connections, each sending its next request as soon as the last answer arrives.
 
     The client shares the machine's cores with the server, so it is a minimal HTTP/1.1 writer/reader
     (like wrk) rather than a full client library; its own CPU use is reported as `client_cpu_cores`.
@@ -140,27 +187,16 @@ async def _drive(url: str, images: list[bytes], concurrency: int, duration: floa
         finally:
             writer.close()
 
-    cpu_before = time.process_time()
-    began = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - began
-    client_cpu = (time.process_time() - cpu_before) / elapsed
     async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
-        metrics_text = (await client.get("/metrics")).text
-    latencies.sort()
-
-    def pct(p):
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2) if latencies else None
-
-    return {
-        "requests_ok": len(latencies),
-        "errors": errors,
-        "elapsed_s": round(elapsed, 3),
-        "throughput_rps": round(len(latencies) / elapsed, 3),
-        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
-        "mean_batch_size": _histogram_mean(metrics_text, "restune_batch_size"),
-        "client_cpu_cores": round(client_cpu, 3),
-    }
+        metrics_before = (await client.get("/metrics")).text
+        cpu_before = time.process_time()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        client_cpu = time.process_time() - cpu_before
+        metrics_after = (await client.get("/metrics")).text
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "client_cpu_s": client_cpu,
+            "histograms": _histogram_deltas(metrics_before, metrics_after)}
 
 
 async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dict:
@@ -196,34 +232,43 @@ async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dic
     }
 
 
-def _raw_engine(backbone, names, store_url, images: list[bytes], batch: int, duration: float) -> dict:
-    """The engine alone, on preprocessed distinct images, batch after batch for as long as the server ran."""
-    import statistics
+class _RawEngine:
+    """The engine alone, in this process, on preprocessed distinct images: the server's ceiling."""
 
-    from restuning.engine import MultiTaskEngine
-    from restuning.preprocess import ImagePreprocessor, load_image
-    from tuner_store.artifact import build_bypass_from_artifact
-    from tuner_store.store import open_store
+    def __init__(self, backbone, names: list[str], store_url: str, images: list[bytes]):
+        from restuning.engine import MultiTaskEngine
+        from restuning.preprocess import ImagePreprocessor, load_image
+        from tuner_store.artifact import build_bypass_from_artifact
+        from tuner_store.store import open_store
 
-    store = open_store(store_url)
-    heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
-    store.close()
-    engine = MultiTaskEngine(backbone, heads)
-    pre = ImagePreprocessor(backbone.info)
-    pixels = torch.stack([pre(load_image(img)) for img in images])
-    batches = [pixels[i:i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
-    for b in batches[:2]:  # warm-up
-        engine.classify(b)
-    times, done = [], 0
-    began = time.perf_counter()
-    while time.perf_counter() - began < duration:
-        start = time.perf_counter()
-        engine.classify(batches[len(times) % len(batches)])
-        times.append(time.perf_counter() - start)
-        done += batch
-    elapsed = time.perf_counter() - began
-    return {"batch": batch, "duration_s": round(elapsed, 3), "median_batch_ms": round(statistics.median(times) * 1000, 3),
-            "throughput_ips": round(done / elapsed, 3)}
+        store = open_store(store_url)
+        heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
+        store.close()
+        self.engine = MultiTaskEngine(backbone, heads)
+        pre = ImagePreprocessor(backbone.info)
+        self.pixels = torch.stack([pre(load_image(img)) for img in images])
+        self.times: list[float] = []
+        self.images_done = 0
+        self.elapsed = 0.0
+
+    def run(self, batch: int, duration: float) -> None:
+        """Batch after batch for `duration` seconds, added to the running totals."""
+        batches = [self.pixels[i:i + batch] for i in range(0, len(self.pixels) - batch + 1, batch)]
+        if not self.times:
+            for b in batches[:2]:  # warm-up
+                self.engine.classify(b)
+        began = time.perf_counter()
+        while time.perf_counter() - began < duration:
+            start = time.perf_counter()
+            self.engine.classify(batches[len(self.times) % len(batches)])
+            self.times.append(time.perf_counter() - start)
+            self.images_done += batch
+        self.elapsed += time.perf_counter() - began
+
+    def summary(self, batch: int) -> dict:
+        return {"batch": batch, "duration_s": round(self.elapsed, 3),
+                "median_batch_ms": round(statistics.median(self.times) * 1000, 3) if self.times else None,
+                "throughput_ips": round(self.images_done / self.elapsed, 3) if self.elapsed else 0.0}
 
 
 def run_serve_bench(
@@ -236,6 +281,7 @@ def run_serve_bench(
     max_queue_delay_ms: float = 5.0,
     hotload_puts: int = 20,
     image_size: int = 256,
+    rounds: int = 3,
 ) -> dict:
     from restuning.backbones import create_backbone
     from restuning.benchmarking import machine_info
@@ -258,22 +304,34 @@ def run_serve_bench(
             try:
                 _wait_ready(url, proc, log_path)
                 asyncio.run(_drive(url, images, concurrency, min(3.0, duration)))  # warm-up
-                load = asyncio.run(_drive(url, images, concurrency, duration))
+                # Server and raw engine take turns, so a machine whose speed drifts (shared cores,
+                # thermal limits) slows both sides of the ratio alike; the idle server costs nothing
+                # while the engine runs.
+                raw = _RawEngine(backbone, names, store_url, images)
+                windows: list[dict] = []
+                batch = max_batch_size
+                for _ in range(rounds):
+                    windows.append(asyncio.run(_drive(url, images, concurrency, duration / rounds)))
+                    if len(windows) == 1:
+                        first = _summarize_load(windows)
+                        batch = max(1, round(first["mean_batch_size"] or max_batch_size))
+                    raw.run(batch, duration / rounds)
                 hotload = asyncio.run(_hotload_latency(url, store_url, backbone, hotload_puts)) if hotload_puts else None
             finally:
                 stop_server(proc, timeout=20)
-        batch = max(1, round(load["mean_batch_size"] or max_batch_size))
-        raw = _raw_engine(backbone, names, store_url, images, batch, duration)
-    ratio = load["throughput_rps"] / raw["throughput_ips"] if raw["throughput_ips"] else None
+    load = _summarize_load(windows)
+    raw_summary = raw.summary(batch)
+    ratio = load["throughput_rps"] / raw_summary["throughput_ips"] if raw_summary["throughput_ips"] else None
     payload = machine_info("cpu")
     payload.update(
         benchmark="serve",
         config={"backbone": backbone_name, "weights": "random:0", "tasks": tasks, "concurrency": concurrency,
-                "duration_s": duration, "max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms,
+                "duration_s": duration, "rounds": rounds, "max_batch_size": max_batch_size,
+                "max_queue_delay_ms": max_queue_delay_ms,
                 "feature_cache": "off", "image": f"{image_size}x{image_size} JPEG, distinct per request",
                 "transport": "HTTP/1.1 JSON + base64 on loopback, server in a separate process"},
         server=load,
-        raw_engine=raw,
+        raw_engine=raw_summary,
         throughput_ratio=round(ratio, 4) if ratio is not None else None,
         hotload=hotload,
     )

@@ -24,6 +24,7 @@ SERVE_FLAGS = {
     "max_image_mb": (float, "image upload limit in MiB (default 20)"),
     "diffusion_model": (str, "a diffusers directory or tiny-random; enables POST /v1/generate"),
     "kernel_backend": (str, "auto | torch | triton"),
+    "torch_threads": (int, "intra-op threads of the model (default 0: all cores, torch's default)"),
     "log_level": (str, "uvicorn log level (default info)"),
 }
 
@@ -62,6 +63,8 @@ def register(groups) -> None:
     b.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     b.add_argument("--max-batch-size", type=int, default=None, help="server batch cap (default concurrency / 2)")
     b.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    b.add_argument("--rounds", type=int, default=3,
+                   help="server and raw engine take turns this many times (default 3)")
     b.add_argument("--hotload-puts", type=int, default=20, help="put-to-serving samples (0 skips)")
     b.add_argument("--out-dir", default="bench/results")
     b.add_argument("--no-save", action="store_true")
@@ -118,7 +121,7 @@ def _bench_serve(args) -> int:
     payload = run_serve_bench(
         backbone_name=args.backbone, tasks=args.tasks, concurrency=args.concurrency, duration=args.duration,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        hotload_puts=args.hotload_puts,
+        hotload_puts=args.hotload_puts, rounds=args.rounds,
     )
     if not args.no_save:
         path = write_results(f"serve-{args.backbone}-c{args.concurrency}-{device_slug('cpu')}", payload, args.out_dir)
@@ -129,7 +132,10 @@ def _bench_serve(args) -> int:
         server, raw = payload["server"], payload["raw_engine"]
         print(f"server: {server['throughput_rps']} req/s, latency {server['latency_ms']}, "
               f"mean batch {server['mean_batch_size']}, errors {server['errors'] or 'none'}")
-        print(f"raw engine at batch {raw['batch']}: {raw['throughput_ips']} img/s")
+        print(f"server model thread: backbone {server['mean_backbone_ms']} ms + heads {server['mean_heads_ms']} ms "
+              f"per batch, busy {server['model_busy_fraction']} of the time")
+        print(f"raw engine at batch {raw['batch']}: {raw['throughput_ips']} img/s, "
+              f"median batch {raw['median_batch_ms']} ms")
         print(f"throughput ratio server / raw engine: {payload['throughput_ratio']}")
         if payload["hotload"]:
             print(f"put-to-serving latency: {payload['hotload']}")

@@ -18,10 +18,14 @@ class GenerationBusyError(Exception):
 
 
 class GenerationService:
-    def __init__(self, pipeline, *, max_waiting: int = 4):
+    def __init__(self, pipeline, *, max_waiting: int = 4, threads: int | None = None):
+        from server.torch_threads import DEFAULT_TORCH_THREADS, intra_op
+
         self.pipeline = pipeline
         self.max_waiting = max_waiting
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restune-generate")
+        # the U-Net is the heavy work: its thread gets the cores (a second OpenMP team; see torch_threads)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restune-generate",
+                                            initializer=intra_op(threads or DEFAULT_TORCH_THREADS))
         self._pending = 0
 
     @classmethod
@@ -30,7 +34,7 @@ class GenerationService:
 
         pipeline = StylePipeline.load(settings.diffusion_model, device=device, dtype=dtype)
         log.info("diffusion model %s (U-Net fingerprint %s…) on %s", pipeline.name, pipeline.fingerprint[:12], device)
-        return cls(pipeline)
+        return cls(pipeline, threads=settings.torch_threads or None)
 
     @property
     def fingerprint(self) -> str:

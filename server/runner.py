@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +26,17 @@ class NoTunersError(LookupError):
 
 @dataclass
 class ClassifyRequest:
-    pixels: torch.Tensor  # [3, H, W], preprocessed
+    pixels: torch.Tensor  # [3, H, W] uint8, resized; normalised per batch by the runner
     cache_key: str
     tasks: list[str] | None  # None: every loaded classification tuner
     top_k: int
 
 
 class ClassifyRunner:
-    def __init__(self, backbone: Backbone, registry: TunerRegistry, cache: FeatureCache, *, device, dtype, metrics=None):
+    def __init__(self, backbone: Backbone, registry: TunerRegistry, cache: FeatureCache, *, device, dtype,
+                 normalize: Callable[[torch.Tensor], torch.Tensor], metrics=None):
         self.backbone = backbone
+        self.normalize = normalize  # uint8 [B, 3, H, W] -> float [B, 3, H, W], on the tensor's device
         self.registry = registry
         self.cache = cache
         self.device = device
@@ -51,7 +53,9 @@ class ClassifyRunner:
         missing = [i for i, c in enumerate(cached) if c is None]
         backbone_ms = 0.0
         if missing:
-            images = torch.stack([requests[i].pixels for i in missing]).to(self.device, self.dtype)
+            # uint8 travels to the device (4x fewer bytes than float) and is normalised there, batched
+            images = self.normalize(torch.stack([requests[i].pixels for i in missing]).to(self.device))
+            images = images.to(self.dtype)
             start = time.perf_counter()
             feats = self.backbone.forward_features(images)
             if images.device.type == "cuda":
@@ -81,12 +85,13 @@ class ClassifyRunner:
         loaded = list(snapshot.classifiers)
         valid: list[int] = []
         for i, r in enumerate(requests):
-            if not loaded:
-                results[i] = NoTunersError("no classification tuners are loaded; upload one with POST /v1/tuners")
-                continue
+            # a task named in the request and deleted since the HTTP check is reported by name
             unknown = [t for t in (r.tasks or []) if t not in snapshot.classifiers]
             if unknown:
                 results[i] = UnknownTasksError(unknown, loaded)
+                continue
+            if not loaded:
+                results[i] = NoTunersError("no classification tuners are loaded; upload one with POST /v1/tuners")
                 continue
             valid.append(i)
         if not valid:

@@ -43,6 +43,7 @@ class ServerSettings(BaseSettings):
     diffusion_model: str | None = Field(None, description="a diffusers directory, tiny-random, or unset")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="intra-op threads of the model thread; 0: torch's default (the cores)")
     demo_if_empty: bool = Field(False, description="train and push the 19 demo tuners when the store is empty")
     log_level: str = "info"
 

@@ -12,6 +12,7 @@ from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
+from server.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,17 @@ class ServerState:
 
         s = self.settings
         device, dtype = s.resolved_device(), s.resolved_dtype()
+        threads = s.torch_threads or DEFAULT_TORCH_THREADS
         kernels.set_backend(s.kernel_backend)
+        # asyncio.to_thread work (tuner loading, uploads, store calls) runs serial torch ops: see torch_threads
+        asyncio.get_running_loop().set_default_executor(helper_executor(thread_name_prefix="restune-helper"))
         if self.backbone is None:
-            self.backbone = await asyncio.to_thread(
-                create_backbone, s.backbone, weights=s.weights, device=device, dtype=dtype
-            )
+            def build() -> Backbone:
+                backbone = create_backbone(s.backbone, weights=s.weights, device=device, dtype=dtype)
+                backbone.fingerprint()  # computed (and cached) here, not later on the event loop's thread
+                return backbone
+
+            self.backbone = await run_on_passing_thread(build, threads=threads)
         info = self.backbone.info
         log.info("backbone %s (%s weights, fingerprint %s…) on %s/%s", info.name, info.weights,
                  self.backbone.fingerprint()[:12], device, str(dtype).replace("torch.", ""))
@@ -55,7 +62,7 @@ class ServerState:
         if s.diffusion_model:
             from server.generation import GenerationService
 
-            self.generator = await asyncio.to_thread(GenerationService.load, s, device, dtype)
+            self.generator = await run_on_passing_thread(GenerationService.load, s, device, dtype, threads=threads)
             diffusion_loader = self.generator.load_tuner
             diffusion_fingerprint = self.generator.fingerprint
         self.registry = TunerRegistry(
@@ -68,13 +75,14 @@ class ServerState:
             log.warning("could not load tuners at start (%s: %s); will retry", type(exc).__name__, exc)
         self.cache = FeatureCache(int(s.feature_cache_mb * 1024 * 1024))
         runner = ClassifyRunner(self.backbone, self.registry, self.cache, device=device, dtype=dtype,
-                                metrics=self.metrics)
+                                normalize=self.preprocessor.normalize, metrics=self.metrics)
         self.batcher = DynamicBatcher(
             runner.run,
             max_batch_size=s.max_batch_size,
             max_queue_delay_ms=s.max_queue_delay_ms,
             max_queue_size=s.max_queue_size,
             on_depth=self.metrics.queue_depth.set,
+            thread_init=intra_op(threads),
         )
         self.batcher.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.registry.watch_forever(), name="restune-watch"))

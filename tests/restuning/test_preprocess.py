@@ -40,3 +40,15 @@ def test_preprocessor_resizes_and_normalises(micro_backbone):
     pixels = ImagePreprocessor(micro_backbone.info)(load_image(_encode("PNG")))
     assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
     assert torch.allclose(pixels, torch.full_like(pixels, (128 / 255 - 0.5) / 0.5), atol=1e-6)
+
+
+def test_batched_normalize_matches_per_image(micro_backbone):
+    """The server's split path (uint8 per request, one normalize per batch) gives the training path's numbers."""
+    pre = ImagePreprocessor(micro_backbone.info)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+    raw = torch.stack([pre.to_uint8(im) for im in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 3, 32, 32)
+    assert torch.equal(pre.normalize(raw), torch.stack([pre(im) for im in images]))
+    with pytest.raises(InputError, match="uint8"):
+        pre.normalize(raw.float())
