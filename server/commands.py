@@ -98,8 +98,12 @@ def _serve(args) -> int:
         if not store.latest():
             from training.demo import run_demo
 
+            from server.torch_threads import DEFAULT_TORCH_THREADS, call_on_passing_thread
+
             log.info("the store %s is empty: training the 19 demo tuners first (restune demo)", settings.store)
-            run_demo(settings.store, backbone=settings.backbone, weights=settings.weights)
+            # on a thread that ends: its OpenMP team must not outlive it next to the server's (see torch_threads)
+            call_on_passing_thread(lambda: run_demo(settings.store, backbone=settings.backbone, weights=settings.weights),
+                                   threads=settings.torch_threads or DEFAULT_TORCH_THREADS, name="restune-demo")
         store.close()
     app = create_app(settings)
     url = f"http://{settings.host}:{settings.port}"

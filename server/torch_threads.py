@@ -52,20 +52,25 @@ def helper_executor(*, max_workers: int | None = None, thread_name_prefix: str =
                               initializer=single_threaded)
 
 
-async def run_on_passing_thread(fn: Callable[..., T], *args: Any, threads: int, name: str = "restune-start") -> T:
-    """Run fn(*args) with `threads` intra-op threads on a new thread that ends when fn returns."""
+def call_on_passing_thread(fn: Callable[..., T], *args: Any, threads: int, name: str = "restune-start") -> T:
+    """fn(*args) with `threads` intra-op threads, on a new thread that has ended (with its OpenMP team) on return."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         set_thread_count(threads)
         try:
             outcome["value"] = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine below
+        except BaseException as exc:  # re-raised in the caller below
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
-    await asyncio.to_thread(thread.join)  # joined: its OpenMP team is gone before serving starts
+    thread.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+async def run_on_passing_thread(fn: Callable[..., T], *args: Any, threads: int, name: str = "restune-start") -> T:
+    """`call_on_passing_thread` without blocking the event loop."""
+    return await asyncio.to_thread(call_on_passing_thread, fn, *args, threads=threads, name=name)
