@@ -5,14 +5,20 @@ import argparse
 import json
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def positive_list(cast: type[int] | type[float]):
+    """argparse type: a comma-separated list of positive ints or floats ("1,32", "0.05,0.01")."""
+    noun = "integers" if cast is int else "numbers"
+
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
+        return values
+
+    return parse
 
 
 def _dtype(name: str):
@@ -59,8 +65,8 @@ def register(groups) -> None:
     b = groups.bench.add_parser("multitask", help="engine vs one backbone forward vs naive heads vs T models")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--weights", default="random")
-    b.add_argument("--batch", type=_int_list, default=[1], help="comma list, e.g. 1,32")
-    b.add_argument("--tasks", type=_int_list, default=[1, 2, 4, 8, 19], help="comma list of head counts")
+    b.add_argument("--batch", type=positive_list(int), default=[1], help="comma list, e.g. 1,32")
+    b.add_argument("--tasks", type=positive_list(int), default=[1, 2, 4, 8, 19], help="comma list of head counts")
     b.add_argument("--pooling", default="token,avg", help="token, avg or token,avg")
     b.add_argument("--methods", default="backbone,engine,naive,full_models",
                    help="comma list of backbone, engine, engine_torch (engine on the PyTorch kernels), "

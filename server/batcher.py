@@ -27,7 +27,6 @@ class QueueFullError(Exception):
 class Job:
     payload: Any
     future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -67,6 +66,7 @@ class DynamicBatcher:
         self.thread_init = thread_init  # runs first on the model thread (e.g. its intra-op thread count)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue_size)
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop whose requests wait on results
         self._closing = False
 
     @property
@@ -74,8 +74,10 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def start(self) -> None:
+        """Start the model thread; call it on the event loop whose requests will be submitted."""
         if self._thread is not None:
             raise RuntimeError("batcher already started")
+        self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._model_loop, name="restune-model", daemon=True)
         self._thread.start()
 
@@ -103,8 +105,7 @@ class DynamicBatcher:
             raise RuntimeError("batcher not started")
         if self._closing:  # 503 + Retry-After: a load balancer sends the client to another replica
             raise QueueFullError("the server is shutting down")
-        loop = asyncio.get_running_loop()
-        job = Job(payload, loop.create_future(), loop)
+        job = Job(payload, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -161,6 +162,6 @@ class DynamicBatcher:
                 results = [exc] * len(live)
             for job, result in zip(live, results):
                 try:
-                    job.loop.call_soon_threadsafe(_settle, job, result)
-                except RuntimeError:  # that request's event loop has closed; nobody is waiting
+                    self._loop.call_soon_threadsafe(_settle, job, result)
+                except RuntimeError:  # the event loop has closed; nobody is waiting
                     pass

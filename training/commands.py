@@ -24,14 +24,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
+def _methods(text: str, known) -> list[str]:
+    """--methods a,b checked against the benchmark's known methods."""
+    from restuning.errors import ConfigError
+
+    methods = [m for m in text.split(",") if m]
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(known)}")
+    return methods
+
+
+def _report(args, name: str, payload: dict, format_text) -> int:
+    """Save a benchmark's payload under bench/results (unless --no-save), then print it as JSON or text."""
+    from restuning.benchmarking import write_results
+
+    if not args.no_save:
+        payload["written"] = str(write_results(name, payload, args.out_dir))
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_text(payload))
+        if "written" in payload:
+            print(f"wrote {payload['written']}")
+    return 0
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +58,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(groups) -> None:
-    from restuning.commands import add_tuner_structure_args
+    from restuning.commands import add_tuner_structure_args, positive_list
 
     p = groups.train.add_parser(
         "classify", help="train a classification tuner on an image folder, a CSV or a built-in task",
@@ -140,9 +156,12 @@ def register(groups) -> None:
     a.add_argument("--batch-size", type=_positive_int, default=32)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--methods", default="linear,bypass,full")
-    a.add_argument("--lr-linear", type=_float_list, default=None, help="candidates (default 0.2,0.1,0.05,0.01)")
-    a.add_argument("--lr-bypass", type=_float_list, default=None, help="candidates (default 0.05,0.01,0.005)")
-    a.add_argument("--lr-full", type=_float_list, default=None, help="candidates (default 3e-4,1e-4)")
+    a.add_argument("--lr-linear", type=positive_list(float), default=None,
+                   help="candidates (default 0.2,0.1,0.05,0.01)")
+    a.add_argument("--lr-bypass", type=positive_list(float), default=None,
+                   help="candidates (default 0.05,0.01,0.005)")
+    a.add_argument("--lr-full", type=positive_list(float), default=None,
+                   help="candidates (default 3e-4,1e-4)")
     a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
     a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
     a.add_argument("--device", default="auto")
@@ -234,53 +253,28 @@ def _bench_train_memory(args) -> int:
             raise ConfigError(f"--diffusion is not available in this build ({exc})") from None
         run_diffusion_train_memory(args)
         return 0
-    from restuning.benchmarking import device_slug, write_results
+    from restuning.benchmarking import device_slug
     from training.distributed import resolve_device
     from training.train_memory import METHODS, format_report, run_train_memory
 
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    methods = _methods(args.methods, METHODS)
     device = resolve_device(args.device)
     payload = run_train_memory(backbone=args.backbone, batch_size=args.batch_size, device=device, methods=methods,
                                steps=args.steps, warmup=args.warmup, pooling=args.pooling, threads=args.threads,
                                progress=not args.no_progress and sys.stderr.isatty())
-    if not args.no_save:
-        path = write_results(f"train-memory-{args.backbone}-{device_slug(device)}", payload, args.out_dir)
-        payload["written"] = str(path)
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        print(format_report(payload))
-        if "written" in payload:
-            print(f"wrote {payload['written']}")
-    return 0
+    return _report(args, f"train-memory-{args.backbone}-{device_slug(device)}", payload, format_report)
 
 
 def _bench_accuracy(args) -> int:
-    from restuning.benchmarking import device_slug, write_results
-    from restuning.errors import ConfigError
+    from restuning.benchmarking import device_slug
     from training.accuracy import METHODS, format_accuracy, run_digits_accuracy
     from training.distributed import resolve_device
 
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    methods = _methods(args.methods, METHODS)
     lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
     device = resolve_device(args.device)
     payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
                                   epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, methods=methods,
                                   lrs=lrs, augment=args.augment, device=device, cache_dir=args.cache_dir,
                                   progress=not args.no_progress and sys.stderr.isatty())
-    if not args.no_save:
-        path = write_results(f"digits-accuracy-{device_slug(device)}", payload, args.out_dir)
-        payload["written"] = str(path)
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        print(format_accuracy(payload))
-        if "written" in payload:
-            print(f"wrote {payload['written']}")
-    return 0
+    return _report(args, f"digits-accuracy-{device_slug(device)}", payload, format_accuracy)

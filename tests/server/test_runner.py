@@ -20,7 +20,7 @@ def _runner(store_url, backbone):
 
 def _job(backbone, tasks):
     pixels = torch.zeros((3, *backbone.info.image_size), dtype=torch.uint8)
-    return Job(ClassifyRequest(pixels=pixels, cache_key="", tasks=tasks, top_k=1), future=None, loop=None)
+    return Job(ClassifyRequest(pixels=pixels, cache_key="", tasks=tasks, top_k=1), future=None)
 
 
 def test_a_task_deleted_before_its_batch_is_named(tmp_path, micro_backbone):
