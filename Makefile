@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve install clean
+.PHONY: test serve install system-deps clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The suite runs real programs (redis-server): installed when missing where possible, else a one-line stop.
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: system-deps $(STAMP)
 	$(PY) -m pytest -q
 
 serve: $(STAMP)

@@ -26,6 +26,13 @@ COMMAND_MODULES = (
 )
 
 
+# Long-running commands report their progress as INFO log lines; every other command prints its answer
+# and nothing else unless -v is given.
+PROGRESS_COMMANDS = ("train", "bench", "demo", "serve")
+# Libraries that log each request at INFO (httpx: "HTTP Request: …"); heard only with -v.
+CHATTY_LIBRARIES = ("httpx", "httpcore")
+
+
 @dataclass
 class CommandGroups:
     """The subparser collections packages add their commands to."""
@@ -67,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO if args.command in PROGRESS_COMMANDS else logging.WARNING
+        for name in CHATTY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from restuning.errors import RestuneError
 
     try:

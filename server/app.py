@@ -114,8 +114,9 @@ def media_type(request: Request) -> str:
 def parse_tasks(value) -> list[str] | None:
     if value is None:
         return None
-    items = value if isinstance(value, list) else str(value).split(",")
-    tasks = [t.strip() for t in items if t and t.strip()]
+    # a JSON list, or form fields that may each be comma-separated ("a,b", or repeated fields)
+    items = value if isinstance(value, list) else [value]
+    tasks = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
     if len(tasks) > MAX_TASKS_PER_REQUEST:
         raise APIError(400, f"at most {MAX_TASKS_PER_REQUEST} tasks per request")
     return tasks or None

@@ -163,7 +163,7 @@ def train_classify(opts: ClassifyOptions, *, dist: DistInfo | None = None) -> Cl
         if servable:
             from tuner_store.artifact import classification_artifact, write_artifact
 
-            head = model.heads[task.name].to("cpu")
+            head = model.head(task.name).to("cpu")
             artifact = classification_artifact(name, head, list(task.labels), backbone, metrics)
             write_artifact(artifact, out)
             if opts.push:

@@ -107,7 +107,7 @@ def run_demo_report(store_url: str | None = None, *, backbone: str = DEFAULT_BAC
                            "num_train": len(splits.train), "num_val": len(splits.val) if splits.val else 0,
                            "num_test": len(test), "chance_accuracy": majority_rate(test, column),
                            "feature_cache": True}
-                head = model.heads[task.name].to("cpu")
+                head = model.head(task.name).to("cpu")
                 artifact = classification_artifact(task.name, head, list(task.labels), net, metrics)
                 record = store.put(artifact)
                 records.append(record)

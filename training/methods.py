@@ -91,6 +91,9 @@ class FeatureHeads(nn.Module):
     `tokens[l]` is x_l cut to the heads' token positions ([B, N_sel, D]) or None for a layer no head taps.
     The backbone is referenced, not registered: its weights are frozen and belong to no optimizer,
     checkpoint or DDP bucket.
+
+    Heads sit in a ModuleList by position, never under their task names: a ModuleDict key becomes an
+    attribute, so valid tuner names such as `train`, `eval`, `to` or `a.b` would clash or be refused.
     """
 
     def __init__(self, heads: dict[str, ResTuningBypass], backbone: Backbone):
@@ -98,20 +101,24 @@ class FeatureHeads(nn.Module):
         poolings = {h.config.pooling for h in heads.values()}
         if len(poolings) != 1:
             raise ConfigError(f"heads trained from one feature pass need one pooling rule, got {sorted(poolings)}")
-        self.heads = nn.ModuleDict(heads)
+        self.task_names: tuple[str, ...] = tuple(heads)
+        self.heads = nn.ModuleList(heads.values())
         self.__dict__["backbone"] = backbone
         self.pooling = poolings.pop()
+
+    def head(self, task: str) -> ResTuningBypass:
+        return self.heads[self.task_names.index(task)]
 
     @property
     def layers(self) -> tuple[int, ...]:
         """Backbone features the heads read: x_0 and every tapped block output."""
-        return tuple(sorted({0}.union(*(h.config.layers for h in self.heads.values()))))
+        return tuple(sorted({0}.union(*(h.config.layers for h in self.heads))))
 
     def positions(self) -> slice:
         return self.backbone.token_positions(self.pooling)
 
     def forward(self, tokens: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
-        return {name: head.forward_selected(tokens, self.backbone) for name, head in self.heads.items()}
+        return {name: head.forward_selected(tokens, self.backbone) for name, head in zip(self.task_names, self.heads)}
 
 
 class FullFineTune(nn.Module):

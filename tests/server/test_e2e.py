@@ -87,3 +87,36 @@ def test_train_push_classify_delete(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert "404" in out.stderr and "halves" in out.stderr
+
+
+def test_task_names_that_are_module_methods_train_push_serve_classify(tmp_path):
+    """A data folder named `train` (the usual layout) and tuner names `eval` and `a.b-c`, all the way through."""
+    data = image_folder(tmp_path / "data" / "train", per_class=6)
+    common = ["--backbone", "restune_vit_micro", "--weights", "random:0", "--data", str(data), "--epochs", "1",
+              "--dim", "2", "--device", "cpu", "--no-progress"]
+    artifacts = {}
+    for name in ("train", "eval", "a.b-c"):
+        artifacts[name] = tmp_path / f"{name}.safetensors"
+        named = [] if name == "train" else ["--name", name]  # `train` comes from the folder's name
+        cli("train", "classify", *common, *named, "--feature-cache", "--out", str(artifacts[name]))
+
+    with LiveServer(f"file://{tmp_path / 'store'}", tmp_path) as server:
+        for name, path in artifacts.items():
+            cli("tuners", "push", str(path), "--server", server.url)
+        deadline = time.monotonic() + 10
+        while True:
+            out = cli("classify", str(data / "top" / "0.png"), "--tasks", "train,eval,a.b-c", "--server", server.url,
+                      check=False)
+            if out.returncode == 0:
+                break
+            assert time.monotonic() < deadline, out.stderr
+            time.sleep(0.1)
+        lines = out.stdout.splitlines()
+        assert [line.split()[0] for line in lines[:3]] == ["train", "eval", "a.b-c"]
+        assert "[eval@1]" in out.stdout and lines[-1].startswith("timings (ms): ")
+        assert out.stderr == ""  # the answer and nothing else: no httpx request log without -v
+        import httpx
+
+        with open(data / "bottom" / "0.png", "rb") as f:
+            response = httpx.post(f"{server.url}/v1/classify", files={"file": f}, data={"tasks": "eval,train"})
+        assert response.status_code == 200 and list(response.json()["results"]) == ["eval", "train"]

@@ -39,7 +39,7 @@ def test_artifact_loads_in_tuner_store_and_reproduces_the_trained_logits(image_f
     assert m["method"] == method and m["epochs"] == 1 and m["num_train"] + m["num_val"] == 24
     assert m["feature_cache"] is cached and {"train_accuracy", "val_accuracy", "data_fingerprint"} <= set(m)
     loaded = build_bypass_from_artifact(artifact)
-    trained = captured["model"].heads["pets"]
+    trained = captured["model"].head("pets")
     feats = micro_backbone.forward_features(torch.randn(5, 3, 32, 32))
     assert torch.equal(loaded(feats, micro_backbone), trained(feats, micro_backbone))
     if method == "linear":  # the servable linear probe is exactly a head on the pooled final features

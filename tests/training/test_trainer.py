@@ -42,19 +42,19 @@ def test_one_epoch_of_each_method_trains_only_its_parameters(micro_backbone, fol
     assert result.epochs_completed == 1 and 0 <= m["train_accuracy"] <= 1 and 0 <= m["val_accuracy"] <= 1
     assert math.isfinite(m["train_loss"]) and m["train_loss"] > 0
     after = trainable_state(model)
-    assert all(not torch.equal(before[k], after[k]) for k in ("heads.pets.head.weight", "model.head.weight")
+    assert all(not torch.equal(before[k], after[k]) for k in ("heads.0.head.weight", "model.head.weight")
                if k in before)  # the head moved
     for k, v in micro_backbone.state_dict().items():
         assert torch.equal(v, backbone_before[k])  # the shared backbone never changes, whatever the method
     if method == "linear":
-        assert set(before) == {"heads.pets.head.weight", "heads.pets.head.bias"}
+        assert set(before) == {"heads.0.head.weight", "heads.0.head.bias"}
     if method == "full":
         assert result.trainable_params > 30_000  # the whole micro ViT
 
 
 def test_linear_probe_is_exactly_a_head_on_the_pooled_final_features(micro_backbone):
     model = build_model(MethodSpec(method="linear"), micro_backbone, [("t", 3)], seed=0)
-    head = model.heads["t"]
+    head = model.head("t")
     images = torch.randn(4, 3, 32, 32)
     feats = micro_backbone.forward_features(images)
     tokens = select_tokens(feats, model.layers, model.positions())
@@ -104,7 +104,7 @@ def test_multi_task_training_from_one_cached_pass(micro_backbone, quick_settings
     monkeypatch.setattr(micro_backbone, "forward_features", lambda x: passes.append(len(x)) or original(x))
     settings = quick_settings(epochs=3, feature_cache=True)
     trainer, result = _fit(micro_backbone, splits, settings)
-    assert isinstance(trainer.model, FeatureHeads) and set(trainer.model.heads) == set(demo_tasks.tasks_of("sprites"))
+    assert isinstance(trainer.model, FeatureHeads) and set(trainer.model.task_names) == set(demo_tasks.tasks_of("sprites"))
     assert sum(passes) == len(pool) + len(test)  # one backbone pass per image for all 5 tasks and 3 epochs
     for task in demo_tasks.tasks_of("sprites"):
         assert 0 <= result.metrics[task]["test_accuracy"] <= 1
