@@ -29,7 +29,7 @@ def run_digits_accuracy(*, backbone: str = "vit_tiny_patch16_224", weights: str 
                         cache_dir: str | None = None, task: str = "digits", val_fraction: float = 0.1,
                         sizes: dict | None = None, progress: bool = True) -> dict:
     from restuning.backbones import create_backbone
-    from restuning.benchmarking import machine_info
+    from bench.common import machine_info
     from training import demo_tasks
     from training.data import make_splits
     from training.methods import MethodSpec, build_model

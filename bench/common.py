@@ -1,11 +1,10 @@
-"""Shared pieces of the `restune bench` commands: timing, machine facts, result files.
+"""Shared pieces of the benchmarks: timing and machine facts (results are written by `bench.results`).
 
 Speed claims are ratios measured inside one run, in one process, with the
 candidates interleaved so that drift in the machine hits all of them alike.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -16,9 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
-RESULTS_DIR = Path("bench/results")
-
 
 def cpu_model() -> str:
     try:
@@ -90,10 +86,3 @@ def interleaved_medians(
             samples[name].append((time.perf_counter() - start) * 1000.0)
     return {name: statistics.median(values) for name, values in samples.items()}
 
-
-def write_results(name: str, payload: dict, out_dir: Path | str = RESULTS_DIR) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    return path

@@ -17,22 +17,26 @@ resident set size sampled every 2 ms during the steps, minus the RSS right befor
 ("training_extra"), and the absolute peak (which includes ~0.5 GB of Python/torch libraries, so
 CPU ratios of totals are diluted).
 
-Arguments (the namespace of `restune bench train-memory`, read defensively with getattr):
-  device ("auto"), json (bool), out_dir ("bench/results"), diffusion_model ("tiny-random", or
-  $RESTUNE_DIFFUSION_MODEL), diffusion_batch_size (default 8 for a real model (Table 11), 4 for
-  tiny-random — `batch_size` is the ViT benchmark's and is ignored), diffusion_resolution (the
-  model's size), diffusion_steps (5 measured steps after 2 warm-up steps), no_save (bool).
-`python -m training.diffusion_memory --help` runs the same measurement stand-alone.
+Defaults: the model is tiny-random (or $RESTUNE_DIFFUSION_MODEL); batch 8 for a real model (Table 11), 4 for
+tiny-random; the model's own resolution; 5 measured steps after 2 warm-up steps.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import statistics
 import threading
 import time
+
+import psutil
+import torch
+from torch.nn import functional as F
+
+from bench.common import device_slug, machine_info
+from bench.results import BenchResult
+from restuning.devices import resolve_device
+from restuning.diffusion.pipeline import StylePipeline
+from training.style import noise_scheduler
 
 PAPER = {"memory_ratio": 0.29, "time_ratio": 0.41, "full_gb": 72.77, "bypass_gb": 21.35,
          "source": "Table 6 (SD v1.5, 512², batch 8 per GPU, A100)"}
@@ -68,12 +72,6 @@ class _RssSampler:
 
 def measure_method(method: str, options: dict) -> dict:
     """One method's peak memory and median step time (runs in a fresh process)."""
-    import torch
-    from torch.nn import functional as F
-
-    from restuning.diffusion.pipeline import StylePipeline, resolve_device
-    from training.style import _noise_scheduler
-
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
     device = resolve_device(options["device"])
@@ -90,7 +88,7 @@ def measure_method(method: str, options: dict) -> dict:
         unet.train()
         params = [p for p in unet.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    scheduler = _noise_scheduler(pipeline.scheduler_config)
+    scheduler = noise_scheduler(pipeline.scheduler_config)
     context = pipeline.encode_prompts(["a photo in benchmark style"]).expand(batch, -1, -1)
     gen = torch.Generator().manual_seed(0)
     pixels = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1
@@ -145,26 +143,26 @@ def measure_method(method: str, options: dict) -> dict:
     }
 
 
-def _options(args) -> dict:
-    model = getattr(args, "diffusion_model", None) or os.environ.get("RESTUNE_DIFFUSION_MODEL", "tiny-random")
+def _options(model: str | None, device: str, batch_size: int | None, resolution: int | None, steps: int | None,
+             threads: int | None) -> dict:
+    model = model or os.environ.get("RESTUNE_DIFFUSION_MODEL", "tiny-random")
     tiny = str(model).startswith("tiny-random")
     return {
         "model": str(model),
-        "device": getattr(args, "device", None) or "auto",
-        "batch_size": getattr(args, "diffusion_batch_size", None) or (4 if tiny else 8),
-        "resolution": getattr(args, "diffusion_resolution", None),
-        "steps": getattr(args, "diffusion_steps", None) or 5,
+        "device": device or "auto",
+        "batch_size": batch_size or (4 if tiny else 8),
+        "resolution": resolution,
+        "steps": steps or 5,
         "warmup": 2,
-        "threads": getattr(args, "threads", None),
+        "threads": threads,
     }
 
 
-def run_diffusion_train_memory(args) -> dict:
-    """Measure both methods (each in a fresh process), print and save the result; returns the payload."""
-    from restuning.benchmarking import device_slug, machine_info, write_results
-    from restuning.diffusion.pipeline import resolve_device
-
-    options = _options(args)
+def diffusion_train_memory(*, model: str | None = None, device: str = "auto", batch_size: int | None = None,
+                           resolution: int | None = None, steps: int | None = None,
+                           threads: int | None = None) -> BenchResult:
+    """Measure both methods, each in a fresh process."""
+    options = _options(model, device, batch_size, resolution, steps, threads)
     ctx = multiprocessing.get_context("spawn")
     results = {}
     for method in METHODS:
@@ -186,46 +184,18 @@ def run_diffusion_train_memory(args) -> dict:
             "training_extra_memory": round(b["training_extra_bytes"] / max(1, f["training_extra_bytes"]), 4),
             "step_time": round(b["step_ms_median"] / f["step_ms_median"], 4),
         }
-    if not getattr(args, "no_save", False):
-        slug = "".join(c if c.isalnum() else "-" for c in os.path.basename(options["model"].rstrip("/")).lower())
-        path = write_results(f"train-memory-diffusion-{slug}-{device_slug(device)}", payload,
-                             getattr(args, "out_dir", None) or "bench/results")
-        payload["written"] = str(path)
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2))
-    else:
-        print(f"{payload['device']}, {options['model']}, batch {options['batch_size']}, "
-              f"{options['steps']} measured steps")
-        for r in results.values():
-            if "error" in r:
-                print(f"{r['method']:>7}: {r['error']}")
-                continue
-            print(f"{r['method']:>7}: peak {r['peak_bytes'] / 2**20:9.1f} MiB  (+{r['training_extra_bytes'] / 2**20:.1f} "
-                  f"MiB during steps)  step {r['step_ms_median']:8.1f} ms  trainable {r['trainable_params']:,}")
-        if ok:
-            ratios = payload["ratios_bypass_over_full"]
-            print(f"bypass / full: peak memory {ratios['peak_memory']:.3f}x, extra memory "
-                  f"{ratios['training_extra_memory']:.3f}x, step time {ratios['step_time']:.3f}x  "
-                  f"(paper: {PAPER['memory_ratio']}x memory, {PAPER['time_ratio']}x time)")
-        if "written" in payload:
-            print(f"wrote {payload['written']}")
-    return payload
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.diffusion_memory", description=__doc__.split("\n")[0])
-    p.add_argument("--diffusion-model", default=None)
-    p.add_argument("--diffusion-batch-size", type=int, default=None)
-    p.add_argument("--diffusion-resolution", type=int, default=None)
-    p.add_argument("--diffusion-steps", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out-dir", default="bench/results")
-    p.add_argument("--no-save", action="store_true")
-    p.add_argument("--json", action="store_true")
-    run_diffusion_train_memory(p.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    lines = [f"{payload['device']}, {options['model']}, batch {options['batch_size']}, "
+             f"{options['steps']} measured steps"]
+    for r in results.values():
+        if "error" in r:
+            lines.append(f"{r['method']:>7}: {r['error']}")
+            continue
+        lines.append(f"{r['method']:>7}: peak {r['peak_bytes'] / 2**20:9.1f} MiB  (+{r['training_extra_bytes'] / 2**20:.1f} "
+                     f"MiB during steps)  step {r['step_ms_median']:8.1f} ms  trainable {r['trainable_params']:,}")
+    if ok:
+        ratios = payload["ratios_bypass_over_full"]
+        lines.append(f"bypass / full: peak memory {ratios['peak_memory']:.3f}x, extra memory "
+                     f"{ratios['training_extra_memory']:.3f}x, step time {ratios['step_time']:.3f}x  "
+                     f"(paper: {PAPER['memory_ratio']}x memory, {PAPER['time_ratio']}x time)")
+    slug = "".join(c if c.isalnum() else "-" for c in os.path.basename(options["model"].rstrip("/")).lower())
+    return BenchResult(f"train-memory-diffusion-{slug}-{device_slug(device)}", payload, "\n".join(lines))

@@ -1,7 +1,7 @@
 """`restune bench generate`: S styles × P prompts in one batched pass vs S sequential single-style runs.
 
 Both candidates produce the same S × P images from the same seeds; they are timed in one process,
-interleaved (`restuning.benchmarking.interleaved_medians`), so machine drift hits both alike. The
+interleaved (`bench.common.interleaved_medians`), so machine drift hits both alike. The
 result JSON goes to bench/results/, with a grid PNG of one prompt across `base` and every style.
 
 Style tuners for the grid and the timing:
@@ -16,12 +16,20 @@ Style tuners for the grid and the timing:
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
+import numpy as np
 import torch
+import transformers
 
+from bench.common import device_slug, interleaved_medians, machine_info
+from bench.results import BenchResult
+from restuning.devices import resolve_device
+from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
 from restuning.errors import ConfigError
 
 COLOURS = {
@@ -127,7 +135,7 @@ def random_tuner(pipeline, seed: int, scale: float = 0.02):
 
 def store_tuners(pipeline, url: str, count: int) -> dict:
     """The first `count` diffusion tuners (by name) in a store that were trained on this U-Net."""
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     with open_store(url) as store:
         records = [r for r in store.latest().values()
@@ -201,10 +209,11 @@ def run_generate_bench(
     warmup: int = 1,
     seed: int = 0,
     progress: bool = True,
+    threads: int | None = None,
 ) -> tuple[dict, object]:
     """Run the benchmark; returns (JSON payload, grid PIL image)."""
-    from restuning.benchmarking import interleaved_medians, machine_info
-    from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
+    if threads:
+        torch.set_num_threads(threads)
 
     problems = []
     if not 1 <= styles <= 15:
@@ -244,7 +253,6 @@ def run_generate_bench(
     # Same images both ways? (same seeds; batched kernels may differ in the last bits)
     together = one_pass()
     apart = sequential()
-    import numpy as np
 
     diffs = []
     for i, name in enumerate(names):
@@ -264,13 +272,7 @@ def run_generate_bench(
     grid = image_grid([g.image for g in grid_result.images], [g.style for g in grid_result.images],
                       caption=f"{prompt_list[0]!r}, seed {seed}: {caption}")
     info = machine_info(pipeline.device)
-    try:
-        import diffusers
-        import transformers
-
-        info["diffusers"], info["transformers"] = diffusers.__version__, transformers.__version__
-    except ImportError:
-        pass
+    info["diffusers"], info["transformers"] = diffusers.__version__, transformers.__version__
     ratio = medians["one_pass"] / medians["sequential"]
     payload = {
         "benchmark": "generate",
@@ -304,3 +306,20 @@ def run_generate_bench(
     if math.isfinite(ratio):
         payload["one_pass_over_sequential"] = round(ratio, 4)
     return payload, grid
+
+
+def generate_result(payload: dict, grid, device: str) -> BenchResult:
+    slug = f"{re.sub(r'[^a-z0-9]+', '-', payload['model'].lower()).strip('-')[:32]}-{device_slug(resolve_device(device))}"
+    m = payload["median_ms"]
+    report = "\n".join([
+        f"{payload['device']}, {payload['model']}, {payload['styles']} styles x {payload['prompts']} prompts, "
+        f"{payload['steps']} steps, {payload['height']}x{payload['width']}, tuners: {payload['tuners']}",
+        f"one pass   {m['one_pass']:10.1f} ms  (U-Net batch {payload['one_pass_unet_batch']})",
+        f"sequential {m['sequential']:10.1f} ms  ({payload['styles']} runs, U-Net batch "
+        f"{payload['sequential_unet_batch']})",
+        f"one pass / sequential = {payload['one_pass_over_sequential']:.3f}  "
+        f"(max pixel diff between the two: {payload['max_abs_pixel_diff_one_pass_vs_sequential']})",
+    ])
+    grid_name = f"generate-grid-{slug}.png"
+    payload["grid_png"] = grid_name  # beside the JSON file
+    return BenchResult(f"generate-{slug}", payload, report, figures={grid_name: grid.save})

@@ -92,16 +92,16 @@ fi
 XDIST=()
 if [ -n "$PY" ] && "$PY" -c "import xdist" >/dev/null 2>&1; then XDIST=(-n 8); fi
 
-# `restune ...`: the installed CLI module, or — when another package's command module cannot be
-# imported here (a dependency missing on this machine) — a parser holding only restuning's commands.
+# `restune ...`: the command line, or — when it cannot be built here (a dependency missing on this
+# machine) — a parser holding only the bench commands.
 restune() {
-    if "$PY" -m clients.cli bench --help >/dev/null 2>&1; then
-        "$PY" -m clients.cli "$@"
+    if "$PY" -m restune bench --help >/dev/null 2>&1; then
+        "$PY" -m restune "$@"
     else
-        echo "(clients.cli unavailable here; running restuning.commands directly)"
+        echo "(the full command line is unavailable here; running the bench commands directly)"
         "$PY" - "$@" <<'PYEOF'
 import argparse, sys, types
-from restuning import commands
+from bench import commands
 parser = argparse.ArgumentParser(prog="restune")
 top = parser.add_subparsers(dest="command", required=True)
 groups = types.SimpleNamespace(top=top, bench=top.add_parser("bench").add_subparsers(dest="b", required=True),

@@ -18,10 +18,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import torch
 
+from bench.common import device_slug, interleaved_medians, machine_info
+from bench.results import BenchResult
+from restuning import kernels
 from restuning.backbones import create_backbone
-from restuning.benchmarking import device_slug, interleaved_medians, machine_info, write_results
 from restuning.bypass import BypassConfig, build_bypass
 from restuning.engine import MultiTaskEngine
 from restuning.errors import ConfigError
@@ -57,7 +60,6 @@ def run_multitask_bench(
     weights: str = "random",
     kernel_backend: str = "auto",
 ) -> dict:
-    from restuning import kernels
 
     kernels.check_backend(kernel_backend)
     if "engine_stage" in methods and torch.device(device).type != "cuda":
@@ -143,8 +145,6 @@ def run_multitask_bench(
 
 def _engine_path(kernel_backend: str, device: str, dtype: torch.dtype) -> str:
     """What the `engine` method ran: 'triton' (fused kernels) or 'torch' (reference kernels)."""
-    from restuning import kernels
-
     probe = torch.empty(0, device=device, dtype=dtype)
     try:
         return "triton" if kernels.use_triton(probe, kernel_backend) else "torch"
@@ -154,9 +154,7 @@ def _engine_path(kernel_backend: str, device: str, dtype: torch.dtype) -> str:
 
 def plot_multitask(payload: dict, path: Path) -> Path:
     """Time vs number of tasks per method, one panel per (batch, pooling), like the paper's Fig. 4."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window: selected before pyplot loads a GUI backend
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["batch"], r["pooling"]) for r in payload["results"]})
@@ -182,10 +180,12 @@ def plot_multitask(payload: dict, path: Path) -> Path:
     return path
 
 
-def save_multitask(payload: dict, out_dir: Path | str, device: str, *, plot: bool = True) -> list[Path]:
+def multitask_result(payload: dict, device: str) -> BenchResult:
     dtype = payload["config"].get("dtype", "float32")
     name = f"multitask-{payload['config']['backbone']}-{'' if dtype == 'float32' else dtype + '-'}{device_slug(device)}"
-    paths = [write_results(name, payload, out_dir)]
-    if plot:
-        paths.append(plot_multitask(payload, Path(out_dir) / f"{name}.png"))
-    return paths
+    lines = [f"{payload['device']}, torch {payload['torch']}",
+             f"{'batch':>5} {'pooling':>7} {'tasks':>5} {'method':>12} {'median ms':>10}"]
+    lines += [f"{r['batch']:>5} {r['pooling']:>7} {r['tasks']:>5} {r['method']:>12} {r['median_ms']:>10.2f}"
+              for r in payload["results"]]
+    lines += [str(r) for r in payload["ratios"]]
+    return BenchResult(name, payload, "\n".join(lines), figures={f"{name}.png": lambda p: plot_multitask(payload, p)})

@@ -27,6 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import device_slug, machine_info
+from bench.multitask import VTAB_CLASSES
+from bench.results import BenchResult
+from restuning.backbones import create_backbone
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -54,10 +59,9 @@ def _jpeg_images(count: int, size: int, seed: int = 0) -> list[bytes]:
 
 
 def _fill_store(store_url: str, backbone, tasks: int) -> list[str]:
-    from restuning.bench_multitask import VTAB_CLASSES
     from restuning.bypass import BypassConfig, build_bypass
     from tuner_store.artifact import classification_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     store = open_store(store_url)
     names = []
@@ -205,7 +209,7 @@ async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dic
 
     from restuning.bypass import BypassConfig, build_bypass
     from tuner_store.artifact import classification_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     store = open_store(store_url)
     samples = []
@@ -239,7 +243,7 @@ class _RawEngine:
         from restuning.engine import MultiTaskEngine
         from restuning.preprocess import ImagePreprocessor, load_image
         from tuner_store.artifact import build_bypass_from_artifact
-        from tuner_store.store import open_store
+        from tuner_store.urls import open_store
 
         store = open_store(store_url)
         heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
@@ -283,9 +287,6 @@ def run_serve_bench(
     image_size: int = 256,
     rounds: int = 3,
 ) -> dict:
-    from restuning.backbones import create_backbone
-    from restuning.benchmarking import machine_info
-
     max_batch_size = max_batch_size or max(1, concurrency // 2)
     backbone = create_backbone(backbone_name, weights="random:0")
     images = _jpeg_images(max(64, 4 * concurrency), image_size)
@@ -294,7 +295,7 @@ def run_serve_bench(
         names = _fill_store(store_url, backbone, tasks)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "clients.cli", "serve", "--backbone", backbone_name, "--weights", "random:0",
+        cmd = [sys.executable, "-m", "restune", "serve", "--backbone", backbone_name, "--weights", "random:0",
                "--store", store_url, "--port", str(port), "--device", "cpu", "--feature-cache-mb", "0",
                "--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms),
                "--max-queue-size", str(4 * concurrency), "--log-level", "warning"]
@@ -362,3 +363,17 @@ def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the server was not ready within {timeout:.0f} s")
+
+
+def serve_result(payload: dict, backbone: str, concurrency: int) -> BenchResult:
+    server, raw = payload["server"], payload["raw_engine"]
+    lines = [f"server: {server['throughput_rps']} req/s, latency {server['latency_ms']}, "
+             f"mean batch {server['mean_batch_size']}, errors {server['errors'] or 'none'}",
+             f"server model thread: backbone {server['mean_backbone_ms']} ms + heads {server['mean_heads_ms']} ms "
+             f"per batch, busy {server['model_busy_fraction']} of the time",
+             f"raw engine at batch {raw['batch']}: {raw['throughput_ips']} img/s, "
+             f"median batch {raw['median_batch_ms']} ms",
+             f"throughput ratio server / raw engine: {payload['throughput_ratio']}"]
+    if payload["hotload"]:
+        lines.append(f"put-to-serving latency: {payload['hotload']}")
+    return BenchResult(f"serve-{backbone}-c{concurrency}-{device_slug('cpu')}", payload, "\n".join(lines))

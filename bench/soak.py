@@ -30,27 +30,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import psutil
+
+from bench.common import device_slug, machine_info
+from bench.results import BenchResult
+from bench.serve import _jpeg_images, _wait_ready, free_port, stop_server
+from bench.soak_config import SoakConfig
+from restuning.backbones import create_backbone
+
 CLASSIFY, UPLOAD, DELETE = "classify", "upload", "delete"
-
-
-@dataclass
-class SoakConfig:
-    backbone: str = "vit_tiny_patch16_224"
-    weights: str = "random:0"
-    duration: float = 600.0
-    warmup: float = 30.0
-    rate: float = 20.0  # operations per second, all kinds together
-    write_fraction: float = 0.1  # share of operations that are uploads or deletes
-    tasks: int = 8  # stable tuners, never deleted
-    churn: int = 3  # tuners uploaded and deleted in turn
-    images: int = 256
-    image_size: int = 224
-    max_in_flight: int = 64
-    sample_interval: float = 1.0
-    rss_tolerance_mb: float = 32.0
-    store: str | None = None  # None: a fresh file store in a temporary directory
-    server_args: list[str] = field(default_factory=list)
-    seed: int = 0
 
 
 @dataclass
@@ -296,10 +285,7 @@ def _served_tuners(url: str) -> set[str]:
 
 
 def run_soak(cfg: SoakConfig) -> dict:
-    from restuning.backbones import create_backbone
-    from restuning.benchmarking import machine_info
-    from server.bench_serve import _jpeg_images, _wait_ready, free_port, stop_server
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     backbone = create_backbone(cfg.backbone, weights=cfg.weights)
     images = _jpeg_images(cfg.images, cfg.image_size, seed=cfg.seed)
@@ -320,7 +306,7 @@ def run_soak(cfg: SoakConfig) -> dict:
                 store.put(blobs[(name, seeds[0])])
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "clients.cli", "serve", "--backbone", cfg.backbone, "--weights", cfg.weights,
+        cmd = [sys.executable, "-m", "restune", "serve", "--backbone", cfg.backbone, "--weights", cfg.weights,
                "--store", store_url, "--port", str(port), "--device", "cpu", "--log-level", "warning",
                *cfg.server_args]
         log_path = Path(tmp) / "server.log"
@@ -409,94 +395,24 @@ def _metric_value(text: str, name: str) -> float | None:
     return None
 
 
-def soak_result_name(cfg: SoakConfig) -> str:
-    from restuning.benchmarking import device_slug
-
+def soak_result(payload: dict, cfg: SoakConfig) -> BenchResult:
     store_kind = "file" if cfg.store is None else cfg.store.partition("://")[0]
-    return f"soak-{cfg.backbone}-{store_kind}-{int(cfg.duration)}s-{device_slug('cpu')}"
-
-
-def write_soak_report(payload: dict, cfg: SoakConfig, out_dir: str | Path) -> tuple[Path, Path | None]:
-    from restuning.benchmarking import write_results
-
-    name = soak_result_name(cfg)
-    path = write_results(name, payload, out_dir)
+    name = f"soak-{cfg.backbone}-{store_kind}-{int(cfg.duration)}s-{device_slug('cpu')}"
     title = f"restune soak: {cfg.backbone}, {cfg.rate:g} ops/s, {cfg.duration:g} s (+{cfg.warmup:g} s warm-up)"
-    png = _plot(payload["rss_samples"], cfg.warmup, Path(out_dir) / f"{name}.png", title)
-    return path, png
-
-
-# -- command line ---------------------------------------------------------------------------------------------------
-
-
-def register_soak(groups) -> None:
-    """`restune bench soak`, added by server.commands.register."""
-    d = SoakConfig()
-    b = groups.bench.add_parser("soak", help="a real server under a steady mixed classify/upload/delete load: "
-                                             "errors and memory over time")
-    b.add_argument("--backbone", default=d.backbone)
-    b.add_argument("--weights", default=d.weights, help="backbone weights for the server and the tuners (default %(default)s)")
-    b.add_argument("--duration", type=float, default=d.duration, help="measured seconds of load (default %(default)s)")
-    b.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load before measuring (default %(default)s)")
-    b.add_argument("--rate", type=float, default=d.rate, help="operations per second, fixed (default %(default)s)")
-    b.add_argument("--write-fraction", type=float, default=d.write_fraction,
-                   help="share of operations that are uploads or deletes (default %(default)s)")
-    b.add_argument("--tasks", type=int, default=d.tasks, help="stable tuners (default %(default)s)")
-    b.add_argument("--churn", type=int, default=d.churn, help="tuners uploaded and deleted in turn (default %(default)s)")
-    b.add_argument("--images", type=int, default=d.images, help="distinct images in the pool (default %(default)s)")
-    b.add_argument("--image-size", type=int, default=d.image_size)
-    b.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
-    b.add_argument("--sample-interval", type=float, default=d.sample_interval, help="RSS sampling period in seconds")
-    b.add_argument("--rss-tolerance-mb", type=float, default=d.rss_tolerance_mb,
-                   help="allowed rise of the RSS peak, second half vs first half of the run (default %(default)s MiB)")
-    b.add_argument("--store", default=None,
-                   help="a scratch store URL (file:// or redis://) the server uses; default: a fresh local store")
-    b.add_argument("--server-arg", dest="server_args", action="append", default=[],
-                   help="extra `restune serve` flag, repeatable (e.g. --server-arg=--feature-cache-mb=0)")
-    b.add_argument("--seed", type=int, default=d.seed)
-    b.add_argument("--out-dir", default="bench/results")
-    b.add_argument("--no-save", action="store_true")
-    b.add_argument("--json", action="store_true", help="print the report (without the RSS samples)")
-    b.set_defaults(handler=_bench_soak)
-
-
-def _bench_soak(args) -> int:
-    import json
-
-    from restuning.errors import ConfigError
-
-    if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or not 0 <= args.write_fraction <= 1:
-        raise ConfigError("soak needs --duration > 0, --warmup >= 0, --rate > 0 and 0 <= --write-fraction <= 1")
-    if args.tasks < 1 or args.churn < 1 or args.images < 1:
-        raise ConfigError("soak needs at least one stable tuner, one churn tuner and one image")
-    cfg = SoakConfig(
-        backbone=args.backbone, weights=args.weights, duration=args.duration, warmup=args.warmup, rate=args.rate,
-        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, images=args.images,
-        image_size=args.image_size, max_in_flight=args.max_in_flight, sample_interval=args.sample_interval,
-        rss_tolerance_mb=args.rss_tolerance_mb, store=args.store, server_args=list(args.server_args), seed=args.seed,
-    )
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the report
-    payload = run_soak(cfg)
-    if not args.no_save:
-        path, png = write_soak_report(payload, cfg, args.out_dir)
-        print(f"wrote {path}" + (f" and {png}" if png else ""))
-    if args.json:
-        print(json.dumps({k: v for k, v in payload.items() if k != "rss_samples"}, indent=2))
+    ops, mem, sched = payload["operations"], payload["memory"], payload["schedule"]
+    lines = [f"operations ok: {sched['completed_ok']} of {sched['scheduled']} scheduled in {sched['elapsed_s']} s "
+             f"({sched['achieved_ok_rate']} ok/s); classify {ops['classify']}, upload {ops['upload']['count']}, "
+             f"delete {ops['delete']['count']}",
+             f"errors: {payload['errors']['total']} {payload['errors']['by_kind'] or ''}"]
+    if mem.get("steady") is None:
+        lines.append(f"memory: not judged ({mem['why']})")
     else:
-        ops, mem, sched = payload["operations"], payload["memory"], payload["schedule"]
-        print(f"operations ok: {sched['completed_ok']} of {sched['scheduled']} scheduled in {sched['elapsed_s']} s "
-              f"({sched['achieved_ok_rate']} ok/s); classify {ops['classify']}, upload {ops['upload']['count']}, "
-              f"delete {ops['delete']['count']}")
-        print(f"errors: {payload['errors']['total']} {payload['errors']['by_kind'] or ''}")
-        if mem.get("steady") is None:
-            print(f"memory: not judged ({mem['why']})")
-        else:
-            print(f"memory: RSS {mem['rss_at_warmup_end_mb']} -> {mem['rss_end_mb']} MiB (max {mem['rss_max_mb']}), "
-                  f"peak second half vs first half {mem['peak_growth_mb']:+} MiB (tolerance {mem['tolerance_mb']}), "
-                  f"second-half slope {mem['second_half_slope_mb_per_min']} MiB/min: "
-                  f"{'steady' if mem['steady'] else 'GROWING'}")
-        print(f"tuners at the end: {'as expected' if payload['final_tuners']['consistent'] else payload['final_tuners']}")
-        print("PASSED" if payload["passed"] else "FAILED")
-    return 0 if payload["passed"] else 1
+        lines.append(f"memory: RSS {mem['rss_at_warmup_end_mb']} -> {mem['rss_end_mb']} MiB (max {mem['rss_max_mb']}), "
+                     f"peak second half vs first half {mem['peak_growth_mb']:+} MiB (tolerance {mem['tolerance_mb']}), "
+                     f"second-half slope {mem['second_half_slope_mb_per_min']} MiB/min: "
+                     f"{'steady' if mem['steady'] else 'GROWING'}")
+    lines.append(f"tuners at the end: {'as expected' if payload['final_tuners']['consistent'] else payload['final_tuners']}")
+    lines.append("PASSED" if payload["passed"] else "FAILED")
+    return BenchResult(name, payload, "\n".join(lines), passed=payload["passed"],
+                       figures={f"{name}.png": lambda p: _plot(payload["rss_samples"], cfg.warmup, p, title) is not None},
+                       printed_keys_left_out=("rss_samples",))

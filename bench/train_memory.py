@@ -19,7 +19,7 @@ worker process (the kernel's high-water mark, VmHWM in /proc/self/status), nothi
 that imports everything and builds nothing), so CPU ratios of totals are diluted by that floor.
 Step time: median over the measured steps after warm-up.
 
-`python -m training.train_memory --worker '{json}'` is the worker; it prints one JSON line.
+`python -m bench.train_memory --worker '{json}'` is the worker; it prints one JSON line.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def worker(options: dict) -> dict:
 
 
 def _run_worker(options: dict, timeout: float | None) -> dict:
-    cmd = [sys.executable, "-m", "training.train_memory", "--worker", json.dumps(options)]
+    cmd = [sys.executable, "-m", "bench.train_memory", "--worker", json.dumps(options)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -162,7 +162,7 @@ def run_train_memory(*, backbone: str = "vit_base_patch16_224", batch_size: int 
                      timeout: float | None = None, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from restuning.benchmarking import machine_info
+    from bench.common import machine_info
 
     cuda = device.startswith("cuda")
     options = {"backbone": backbone, "batch_size": batch_size, "device": device, "num_classes": num_classes,

@@ -1,4 +1,4 @@
-"""Image-generation commands: `restune generate` (locally or on a server) and `restune bench generate`."""
+"""`restune generate`: text-to-image with style tuners, locally or on a server."""
 from __future__ import annotations
 
 import base64
@@ -41,30 +41,6 @@ def register(groups) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_generate)
 
-    b = groups.bench.add_parser("generate", help="S styles x P prompts in one pass vs S sequential runs")
-    b.add_argument("--diffusion-model", default="tiny-random", help="'tiny-random' or a diffusers directory")
-    b.add_argument("--styles", type=int, default=10, help="number of styles S (default 10)")
-    b.add_argument("--prompts", type=int, default=2, help="number of prompts P (default 2)")
-    b.add_argument("--steps", type=int, default=None, help="default: 10 for tiny-random, 50 for a real model")
-    b.add_argument("--guidance-scale", type=float, default=3.0)
-    b.add_argument("--height", type=int, default=None)
-    b.add_argument("--width", type=int, default=None)
-    b.add_argument("--tuners", choices=("trained", "random"), default=None,
-                   help="style tuners: quick-trained here (default for tiny-random) or random non-zero")
-    b.add_argument("--train-steps", type=int, default=60, help="steps per quick-trained style (lr 1e-3)")
-    b.add_argument("--store", default=None, help="use this store's diffusion tuners instead")
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default=None)
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    b.add_argument("--out-dir", default="bench/results")
-    b.add_argument("--no-save", action="store_true", help="do not write bench/results files")
-    b.add_argument("--json", action="store_true", help="print the JSON result")
-    b.add_argument("--no-progress", action="store_true")
-    b.set_defaults(handler=_bench_generate)
-
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
@@ -85,7 +61,7 @@ def _load_style_tuners(pipeline, styles: list[str], store_url: str | None, files
         tuners[artifact.name] = pipeline.tuner_from_artifact(artifact)
     wanted = [s for s in dict.fromkeys(styles) if s != "base" and s not in tuners]
     if wanted:
-        from tuner_store.store import DEFAULT_STORE_URL, open_store
+        from tuner_store.urls import DEFAULT_STORE_URL, open_store
         from tuner_store.errors import NotFoundError
 
         url = store_url or os.environ.get("RESTUNE_STORE", DEFAULT_STORE_URL)
@@ -141,43 +117,3 @@ def _generate(args) -> int:
             print(f"{item['path']}  [{item['style']}, seed {item['seed']}]")
         print("timings (ms): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return 0
-
-
-def _bench_generate(args) -> int:
-    import torch
-
-    from restuning.benchmarking import device_slug, write_results
-    from training.diffusion_bench import run_generate_bench
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    payload, grid = run_generate_bench(
-        model=args.diffusion_model, styles=args.styles, prompts=args.prompts, steps=args.steps,
-        guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
-        dtype=args.dtype, tuners=args.tuners, train_steps=args.train_steps, store=args.store,
-        repeats=args.repeats, warmup=args.warmup, seed=args.seed, progress=not args.no_progress,
-    )
-    if not args.no_save:
-        from restuning.diffusion.pipeline import resolve_device
-
-        slug = f"{_slug(payload['model'], 32)}-{device_slug(resolve_device(args.device))}"
-        grid_path = Path(args.out_dir) / f"generate-grid-{slug}.png"
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(grid_path)
-        payload["grid_png"] = str(grid_path)
-        path = write_results(f"generate-{slug}", payload, args.out_dir)
-        print(f"wrote {path}")
-        print(f"wrote {grid_path}")
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        m = payload["median_ms"]
-        print(f"{payload['device']}, {payload['model']}, {payload['styles']} styles x {payload['prompts']} prompts, "
-              f"{payload['steps']} steps, {payload['height']}x{payload['width']}, tuners: {payload['tuners']}")
-        print(f"one pass   {m['one_pass']:10.1f} ms  (U-Net batch {payload['one_pass_unet_batch']})")
-        print(f"sequential {m['sequential']:10.1f} ms  ({payload['styles']} runs, U-Net batch "
-              f"{payload['sequential_unet_batch']})")
-        print(f"one pass / sequential = {payload['one_pass_over_sequential']:.3f}  "
-              f"(max pixel diff between the two: {payload['max_abs_pixel_diff_one_pass_vs_sequential']})")
-    return 0
-

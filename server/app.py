@@ -36,7 +36,7 @@ from server.schemas import (
 )
 from server.settings import ServerSettings
 from server.state import ServerState
-from server.torch_threads import helper_executor
+from restuning.torch_threads import helper_executor
 
 log = logging.getLogger(__name__)
 

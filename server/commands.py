@@ -1,8 +1,9 @@
-"""`restune serve` (and the server benchmarks)."""
+"""`restune serve`."""
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -51,96 +52,31 @@ def settings_from_args(args):
         raise ConfigError([f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]) from None
 
 
-def register(groups) -> None:
+def register(groups, *, before: Callable[[object], None] | None = None,
+             hints: Callable[[object], Sequence[str]] = lambda settings: ()) -> None:
+    """`restune serve`; the command line composes what runs before serving and the hints printed on start."""
     p = groups.top.add_parser("serve", help="run the multi-task inference server")
     add_serve_args(p)
-    p.set_defaults(handler=_serve)
 
-    b = groups.bench.add_parser("serve", help="a real server on loopback under concurrent clients vs the raw engine")
-    b.add_argument("--backbone", default="vit_tiny_patch16_224")
-    b.add_argument("--tasks", type=int, default=19, help="random tuners loaded (default 19)")
-    b.add_argument("--concurrency", type=int, default=16)
-    b.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    b.add_argument("--max-batch-size", type=int, default=None, help="server batch cap (default concurrency / 2)")
-    b.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    b.add_argument("--rounds", type=int, default=3,
-                   help="server and raw engine take turns this many times (default 3)")
-    b.add_argument("--hotload-puts", type=int, default=20, help="put-to-serving samples (0 skips)")
-    b.add_argument("--out-dir", default="bench/results")
-    b.add_argument("--no-save", action="store_true")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(handler=_bench_serve)
+    def handle(args) -> int:
+        settings = settings_from_args(args)
+        return serve(settings, before=before, hints=hints(settings))
 
-    from server.bench_soak import register_soak
-
-    register_soak(groups)
+    p.set_defaults(handler=handle)
 
 
-def sample_curl(host: str, port: int) -> str:
-    import os
-
-    from training.demo_tasks import SAMPLE_IMAGE_PATH
-
-    path = os.path.relpath(SAMPLE_IMAGE_PATH) if str(SAMPLE_IMAGE_PATH).startswith(os.getcwd()) else SAMPLE_IMAGE_PATH
-    return f"curl -s -X POST http://{host}:{port}/v1/classify -F file=@{path} -F top_k=3"
-
-
-def _serve(args) -> int:
+def serve(settings, *, before: Callable[[object], None] | None = None, hints: Sequence[str] = ()) -> int:
+    """Run the server until it is stopped; `before(settings)` runs first (the command line seeds a demo store)."""
     import uvicorn
 
     from server.app import create_app
 
-    settings = settings_from_args(args)
-    if settings.demo_if_empty:
-        from tuner_store.store import open_store
-
-        store = open_store(settings.store)
-        if not store.latest():
-            from training.demo import run_demo
-
-            from server.torch_threads import DEFAULT_TORCH_THREADS, call_on_passing_thread
-
-            log.info("the store %s is empty: training the 19 demo tuners first (restune demo)", settings.store)
-            # on a thread that ends: its OpenMP team must not outlive it next to the server's (see torch_threads)
-            call_on_passing_thread(lambda: run_demo(settings.store, backbone=settings.backbone, weights=settings.weights),
-                                   threads=settings.torch_threads or DEFAULT_TORCH_THREADS, name="restune-demo")
-        store.close()
+    if before is not None:
+        before(settings)
     app = create_app(settings)
     url = f"http://{settings.host}:{settings.port}"
     print(f"restune serving on {url}  (OpenAPI docs: {url}/docs)", flush=True)
-    try:
-        print(f"try:  {sample_curl(settings.host, settings.port)}", flush=True)
-    except ImportError:
-        pass
+    for hint in hints:
+        print(hint, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
-
-
-def _bench_serve(args) -> int:
-    import json
-
-    from restuning.benchmarking import device_slug, write_results
-    from server.bench_serve import run_serve_bench
-
-    payload = run_serve_bench(
-        backbone_name=args.backbone, tasks=args.tasks, concurrency=args.concurrency, duration=args.duration,
-        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        hotload_puts=args.hotload_puts, rounds=args.rounds,
-    )
-    if not args.no_save:
-        path = write_results(f"serve-{args.backbone}-c{args.concurrency}-{device_slug('cpu')}", payload, args.out_dir)
-        print(f"wrote {path}")
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        server, raw = payload["server"], payload["raw_engine"]
-        print(f"server: {server['throughput_rps']} req/s, latency {server['latency_ms']}, "
-              f"mean batch {server['mean_batch_size']}, errors {server['errors'] or 'none'}")
-        print(f"server model thread: backbone {server['mean_backbone_ms']} ms + heads {server['mean_heads_ms']} ms "
-              f"per batch, busy {server['model_busy_fraction']} of the time")
-        print(f"raw engine at batch {raw['batch']}: {raw['throughput_ips']} img/s, "
-              f"median batch {raw['median_batch_ms']} ms")
-        print(f"throughput ratio server / raw engine: {payload['throughput_ratio']}")
-        if payload["hotload"]:
-            print(f"put-to-serving latency: {payload['hotload']}")
     return 0

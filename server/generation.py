@@ -19,7 +19,7 @@ class GenerationBusyError(Exception):
 
 class GenerationService:
     def __init__(self, pipeline, *, max_waiting: int = 4, threads: int | None = None):
-        from server.torch_threads import DEFAULT_TORCH_THREADS, intra_op
+        from restuning.torch_threads import DEFAULT_TORCH_THREADS, intra_op
 
         self.pipeline = pipeline
         self.max_waiting = max_waiting

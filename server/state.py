@@ -12,7 +12,7 @@ from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
-from server.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
+from restuning.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ServerState:
         from restuning import kernels
         from restuning.backbones import create_backbone
         from restuning.preprocess import ImagePreprocessor
-        from tuner_store.store import open_store
+        from tuner_store.urls import open_store
 
         s = self.settings
         device, dtype = s.resolved_device(), s.resolved_dtype()

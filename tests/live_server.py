@@ -19,14 +19,14 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`python -m clients.cli serve …` in a subprocess; `url` once ready; logs in `log_path`."""
+    """`python -m restune serve …` in a subprocess; `url` once ready; logs in `log_path`."""
 
     def __init__(self, store: str, log_dir: Path, *, backbone: str = "restune_vit_micro", weights: str = "random:0",
                  port: int | None = None, extra: list[str] | None = None, env: dict | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"server-{self.port}.log"
-        self.cmd = [sys.executable, "-m", "clients.cli", "serve", "--backbone", backbone, "--weights", weights,
+        self.cmd = [sys.executable, "-m", "restune", "serve", "--backbone", backbone, "--weights", weights,
                     "--store", store, "--port", str(self.port), "--device", "cpu", "--log-level", "warning",
                     *(extra or [])]
         self.env = {**os.environ, **(env or {})}

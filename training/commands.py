@@ -1,4 +1,4 @@
-"""`restune train classify`, `restune demo`, `restune bench train-memory` and `restune bench accuracy`.
+"""`restune train classify` and `restune demo`.
 
 Handlers import torch and friends lazily so `restune --help` stays fast.
 """
@@ -11,43 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from restuning.cli_types import positive_int
+from restuning.commands import add_tuner_structure_args
+
 log = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _methods(text: str, known) -> list[str]:
-    """--methods a,b checked against the benchmark's known methods."""
-    from restuning.errors import ConfigError
-
-    methods = [m for m in text.split(",") if m]
-    bad = [m for m in methods if m not in known]
-    if bad or not methods:
-        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(known)}")
-    return methods
-
-
-def _report(args, name: str, payload: dict, format_text) -> int:
-    """Save a benchmark's payload under bench/results (unless --no-save), then print it as JSON or text."""
-    from restuning.benchmarking import write_results
-
-    if not args.no_save:
-        payload["written"] = str(write_results(name, payload, args.out_dir))
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        print(format_text(payload))
-        if "written" in payload:
-            print(f"wrote {payload['written']}")
-    return 0
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -58,8 +25,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(groups) -> None:
-    from restuning.commands import add_tuner_structure_args, positive_list
-
     p = groups.train.add_parser(
         "classify", help="train a classification tuner on an image folder, a CSV or a built-in task",
         description="Train a Res-Tuning-Bypass tuner (or a baseline) on a frozen backbone and write the artifact. "
@@ -77,8 +42,8 @@ def register(groups) -> None:
     p.add_argument("--mha", default="adapter", help="restuning: tuner beside MHA (adapter|prefix|prompt|none)")
     p.add_argument("--ffn", default="adapter", help="restuning: tuner beside FFN")
     p.add_argument("--block", default="none", help="restuning: tuner beside the whole block")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="per process under torchrun (32)")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="per process under torchrun (32)")
     p.add_argument("--lr", type=float, default=None,
                    help="base learning rate (default: bypass 0.01, linear 0.05, restuning 0.005, full 1e-4)")
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -88,7 +53,7 @@ def register(groups) -> None:
     p.add_argument("--crop-scale", type=float, default=0.35, help="smallest RandomResizedCrop area (0.35)")
     p.add_argument("--feature-cache", action="store_true",
                    help="extract backbone features once per view and train every epoch from them (bypass, linear)")
-    p.add_argument("--cache-views", type=_positive_int, default=4,
+    p.add_argument("--cache-views", type=positive_int, default=4,
                    help="augmented views cached; epoch e trains on view e mod K (4)")
     p.add_argument("--cache-dir", default=None, help="keep the cache on disk here (reused by later runs); "
                                                       "default: in memory")
@@ -117,59 +82,14 @@ def register(groups) -> None:
     d.add_argument("--backbone", default="vit_tiny_patch16_224")
     d.add_argument("--weights", default="auto", help="auto (pretrained if cached, else random:0) | random | …")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--epochs", type=_positive_int, default=None, help="override the demo's 25 epochs")
-    d.add_argument("--train-size", type=_positive_int, default=None,
+    d.add_argument("--epochs", type=positive_int, default=None, help="override the demo's 25 epochs")
+    d.add_argument("--train-size", type=positive_int, default=None,
                    help="training images per image set (default: digits 1000, others 800)")
-    d.add_argument("--test-size", type=_positive_int, default=None,
+    d.add_argument("--test-size", type=positive_int, default=None,
                    help="test images per image set (default: digits 500, others 300)")
     d.add_argument("--json", action="store_true", help="print the table as JSON")
     _add_run_args(d)
     d.set_defaults(handler=_demo)
-
-    b = groups.bench.add_parser("train-memory", help="peak memory + step time: full FT, Res-Tuning, bypass, cached")
-    b.add_argument("--backbone", default="vit_base_patch16_224")
-    b.add_argument("--batch-size", type=_positive_int, default=32)
-    b.add_argument("--methods", default="full,restuning,bypass,bypass_cached",
-                   help="comma list of full, restuning, bypass, bypass_cached, linear")
-    b.add_argument("--pooling", default=None, choices=("token", "avg"), help="default: the backbone's own")
-    b.add_argument("--steps", type=_positive_int, default=None, help="measured steps (CPU 3, CUDA 10)")
-    b.add_argument("--warmup", type=int, default=None, help="warm-up steps (CPU 1, CUDA 3)")
-    b.add_argument("--threads", type=int, default=None, help="torch threads in each worker")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--out-dir", default="bench/results")
-    b.add_argument("--no-save", action="store_true", help="do not write bench/results files")
-    b.add_argument("--json", action="store_true", help="print the JSON result")
-    b.add_argument("--diffusion", action="store_true",
-                   help="measure Stable Diffusion style tuning instead (bypass vs full U-Net fine-tuning)")
-    b.add_argument("--diffusion-model", default=None, help="--diffusion: a diffusers directory or tiny-random")
-    b.add_argument("--diffusion-batch-size", type=int, default=None)
-    b.add_argument("--diffusion-resolution", type=int, default=None)
-    b.add_argument("--diffusion-steps", type=int, default=None)
-    b.add_argument("--no-progress", action="store_true")
-    b.set_defaults(handler=_bench_train_memory)
-
-    a = groups.bench.add_parser("accuracy", help="digits: bypass vs linear probing vs full fine-tuning (test split)")
-    a.add_argument("--backbone", default="vit_tiny_patch16_224")
-    a.add_argument("--weights", default="random:0")
-    a.add_argument("--pooling", default="avg", choices=("token", "avg"))
-    a.add_argument("--epochs", type=_positive_int, default=20)
-    a.add_argument("--batch-size", type=_positive_int, default=32)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--methods", default="linear,bypass,full")
-    a.add_argument("--lr-linear", type=positive_list(float), default=None,
-                   help="candidates (default 0.2,0.1,0.05,0.01)")
-    a.add_argument("--lr-bypass", type=positive_list(float), default=None,
-                   help="candidates (default 0.05,0.01,0.005)")
-    a.add_argument("--lr-full", type=positive_list(float), default=None,
-                   help="candidates (default 3e-4,1e-4)")
-    a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
-    a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
-    a.add_argument("--device", default="auto")
-    a.add_argument("--out-dir", default="bench/results")
-    a.add_argument("--no-save", action="store_true")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("--no-progress", action="store_true")
-    a.set_defaults(handler=_bench_accuracy)
 
 
 def _workers(args, device: str) -> int:
@@ -243,38 +163,28 @@ def _demo(args) -> int:
     return 0
 
 
-def _bench_train_memory(args) -> int:
-    from restuning.errors import ConfigError
+def seed_demo_store(settings) -> None:
+    """`restune serve --demo-if-empty`: train and push the 19 demo tuners when the store holds none."""
+    if not settings.demo_if_empty:
+        return
+    from restuning.torch_threads import DEFAULT_TORCH_THREADS, call_on_passing_thread  # torch (model extra)
+    from training.demo import run_demo
+    from tuner_store.urls import open_store
 
-    if args.diffusion:
-        try:
-            from training.diffusion_memory import run_diffusion_train_memory
-        except ImportError as exc:
-            raise ConfigError(f"--diffusion is not available in this build ({exc})") from None
-        run_diffusion_train_memory(args)
-        return 0
-    from restuning.benchmarking import device_slug
-    from training.distributed import resolve_device
-    from training.train_memory import METHODS, format_report, run_train_memory
-
-    methods = _methods(args.methods, METHODS)
-    device = resolve_device(args.device)
-    payload = run_train_memory(backbone=args.backbone, batch_size=args.batch_size, device=device, methods=methods,
-                               steps=args.steps, warmup=args.warmup, pooling=args.pooling, threads=args.threads,
-                               progress=not args.no_progress and sys.stderr.isatty())
-    return _report(args, f"train-memory-{args.backbone}-{device_slug(device)}", payload, format_report)
+    with open_store(settings.store) as store:
+        if store.latest():
+            return
+    log.info("the store %s is empty: training the 19 demo tuners first (restune demo)", settings.store)
+    # on a thread that ends: its OpenMP team must not outlive it next to the server's (see torch_threads)
+    call_on_passing_thread(lambda: run_demo(settings.store, backbone=settings.backbone, weights=settings.weights),
+                           threads=settings.torch_threads or DEFAULT_TORCH_THREADS, name="restune-demo")
 
 
-def _bench_accuracy(args) -> int:
-    from restuning.benchmarking import device_slug
-    from training.accuracy import METHODS, format_accuracy, run_digits_accuracy
-    from training.distributed import resolve_device
+def serve_hints(settings) -> list[str]:
+    """A request to try once the server is up, with the demo's sample image (a committed PNG)."""
+    from training.demo_tasks import SAMPLE_IMAGE_PATH  # numpy (model extra)
 
-    methods = _methods(args.methods, METHODS)
-    lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
-    device = resolve_device(args.device)
-    payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
-                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, methods=methods,
-                                  lrs=lrs, augment=args.augment, device=device, cache_dir=args.cache_dir,
-                                  progress=not args.no_progress and sys.stderr.isatty())
-    return _report(args, f"digits-accuracy-{device_slug(device)}", payload, format_accuracy)
+    path = SAMPLE_IMAGE_PATH
+    if str(path).startswith(os.getcwd()):
+        path = os.path.relpath(path)
+    return [f"try:  curl -s -X POST http://{settings.host}:{settings.port}/v1/classify -F file=@{path} -F top_k=3"]

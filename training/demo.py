@@ -74,7 +74,7 @@ def run_demo_report(store_url: str | None = None, *, backbone: str = DEFAULT_BAC
     from training.methods import MethodSpec, build_model
     from training.trainer import Trainer, TrainSettings
     from tuner_store.artifact import classification_artifact
-    from tuner_store.store import DEFAULT_STORE_URL, open_store
+    from tuner_store.urls import DEFAULT_STORE_URL, open_store
 
     start = time.perf_counter()
     sizes = sizes or DemoSizes()

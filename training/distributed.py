@@ -1,6 +1,6 @@
 """torchrun support: the same trainer runs as one process or as one rank of many.
 
-`torchrun --nproc_per_node=N -m clients.cli train classify …` sets RANK / WORLD_SIZE / LOCAL_RANK; the
+`torchrun --nproc_per_node=N -m restune train classify …` sets RANK / WORLD_SIZE / LOCAL_RANK; the
 trainer then joins the process group (NCCL on CUDA, gloo on the CPU), shards the data with a
 DistributedSampler, averages gradients with DistributedDataParallel and lets only rank 0 print
 progress, write checkpoints and artifacts, and push.

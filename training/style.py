@@ -155,7 +155,7 @@ class StyleTrainResult:
     images: ImageSet
 
 
-def _noise_scheduler(config: dict):
+def noise_scheduler(config: dict):
     """DDPM forward process with the model's own betas (what SD was trained with)."""
     import inspect
 
@@ -174,7 +174,7 @@ def fixed_noise_loss(pipeline, tuner, images: ImageSet, context: torch.Tensor, *
     free of the step-to-step noise of the training loss itself.
     """
     gen = torch.Generator().manual_seed(seed)
-    scheduler = _noise_scheduler(pipeline.scheduler_config)
+    scheduler = noise_scheduler(pipeline.scheduler_config)
     n = images.pixels.shape[0]
     total = 0.0
     for _ in range(batches):
@@ -214,7 +214,7 @@ def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = Tru
     tuner = pipeline.new_tuner(seed=config.seed, groups=config.groups, scale_factor=config.scale_factor,
                                conv_groups=config.conv_groups).train()
     optimizer = torch.optim.AdamW(tuner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _noise_scheduler(pipeline.scheduler_config)
+    scheduler = noise_scheduler(pipeline.scheduler_config)
     prediction_type = pipeline.scheduler_config.get("prediction_type", "epsilon")
     prompt = config.prompt_template.format(style=config.style)
     context = pipeline.encode_prompts([prompt])  # no_grad inside: the text encoder is frozen
@@ -306,26 +306,3 @@ def style_artifact(name: str, tuner, pipeline, metrics: dict, training: dict | N
     )
     validate_artifact(artifact, backbone_fingerprint=pipeline.fingerprint, backbone_name=pipeline.name)
     return artifact
-
-
-def push_artifact(artifact, url: str) -> str:
-    """Store the artifact: a store URL (file://, redis://, a path) or a server (http[s]://, POST /v1/tuners).
-
-    For a server the bytes go as application/octet-stream with `Authorization: Bearer
-    $RESTUNE_ADMIN_TOKEN` when that variable is set. Returns the stored reference (NAME@VERSION).
-    """
-    from tuner_store.artifact import encode_artifact
-
-    if url.startswith(("http://", "https://")):
-        from clients.client import RestuneClient
-
-        with RestuneClient(url) as client:
-            answer = client.push_tuner(encode_artifact(artifact))
-        ref = answer.get("ref") if isinstance(answer, dict) else None
-        if ref is None and isinstance(answer, dict) and "name" in answer:
-            ref = f"{answer['name']}@{answer.get('version', '?')}"
-        return ref or artifact.name
-    from tuner_store.store import open_store
-
-    with open_store(url) as store:
-        return store.put(artifact).ref

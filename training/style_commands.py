@@ -36,7 +36,8 @@ def register(groups) -> None:
 
 
 def _train_style(args) -> int:
-    from training.style import StyleTrainConfig, push_artifact, train_style
+    from training.push import push_artifact
+    from training.style import StyleTrainConfig, train_style
     from tuner_store.artifact import write_artifact
 
     config = StyleTrainConfig(

@@ -1,7 +1,7 @@
 """Tuner artifacts (one safetensors file per tuner) and the stores that hold them (file://, redis://).
 
-Importing this package loads neither redis nor safetensors' loaders; the Redis backend imports
-redis when a redis:// store is opened.
+Importing this package loads neither torch, redis nor safetensors' loaders: listing or pushing tuners
+through a server needs only httpx. The Redis backend imports redis when a redis:// store is opened.
 """
 from tuner_store.artifact import (
     DEFAULT_MAX_ARTIFACT_BYTES,
@@ -27,14 +27,10 @@ from tuner_store.errors import (
     StoreResetError,
     StoreUnavailableError,
 )
-from tuner_store.store import (
-    DEFAULT_STORE_URL,
-    ChangeEvent,
-    TunerRecord,
-    TunerStore,
-    open_store,
-    parse_ref,
-)
+from tuner_store.records import ChangeEvent, TunerRecord
+from tuner_store.server_store import ServerTunerStore
+from tuner_store.store import TunerStore, parse_ref
+from tuner_store.urls import DEFAULT_STORE_URL, open_store
 
 __all__ = [
     "ArtifactError",
@@ -50,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "StoreError",
     "StoreResetError",
+    "ServerTunerStore",
     "StoreUnavailableError",
     "TunerArtifact",
     "TunerRecord",

@@ -1,51 +1,38 @@
 """`restune tuners list|show|push|rm|export`: manage tuner artifacts in a store.
 
-The handlers only use a small backend (list, record, get_bytes, put, delete, close), built by
-`backend_from_args`; a `--server URL` backend speaking the HTTP API can slot in there without
-touching the handlers. Imports of torch and the store happen inside the handlers, so
-`restune --help` stays fast.
+The handlers use what every store offers (list, record, get_bytes, put, delete, close); `--server URL`
+opens a running server as the store (`tuner_store.server_store`). Nothing here needs torch: `show` reads
+the tensors' names, dtypes and shapes from the safetensors header.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
-from typing import Protocol
+
+from tuner_store.artifact import DEFAULT_MAX_ARTIFACT_BYTES, config_from_header, parse_header
+from tuner_store.errors import ArtifactError, StoreError
+from tuner_store.fsutil import atomic_write_bytes
+from tuner_store.server_store import is_server_url
+from tuner_store.store import parse_ref
+from tuner_store.urls import DEFAULT_STORE_URL, open_store
 
 STORE_ENV = "RESTUNE_STORE"
+# safetensors' dtype codes, as torch names them
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-class TunerBackend(Protocol):
-    """What the tuners commands need; a TunerStore is one, an HTTP client can be another."""
-
-    url: str
-
-    def list(self) -> list: ...
-
-    def record(self, name: str, version: int | str = "latest"): ...
-
-    def get_bytes(self, name: str, version: int | str = "latest") -> bytes: ...
-
-    def put(self, artifact: bytes): ...
-
-    def delete(self, name: str, version: int | None = None) -> list[int]: ...
-
-    def close(self) -> None: ...
-
-
-def backend_from_args(args: argparse.Namespace) -> TunerBackend:
-    """--server URL (the HTTP API), else the store named by --store, else $RESTUNE_STORE, else ./data/tuners."""
-    from tuner_store.store import DEFAULT_STORE_URL, open_store
-
+def backend_from_args(args: argparse.Namespace):
+    """--server URL (a running server, through its API), else --store, else $RESTUNE_STORE, else ./data/tuners."""
     if getattr(args, "server", None):
         if args.store:
-            from tuner_store.errors import StoreError
-
             raise StoreError("give either --store or --server, not both")
-        from clients.http_backend import HTTPTunerBackend
-
-        return HTTPTunerBackend(args.server)
+        if not is_server_url(args.server):
+            raise StoreError(f"--server takes an http(s):// URL, got {args.server!r}")
+        return open_store(args.server)
     return open_store(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE_URL)
 
 
@@ -135,23 +122,23 @@ def _list(args) -> int:
 
 
 def _show(args) -> int:
-    from tuner_store.artifact import decode_artifact
-    from tuner_store.store import parse_ref
-
     name, version = parse_ref(args.ref)
     backend = backend_from_args(args)
     try:
         record = backend.record(name, version or "latest")
-        artifact = decode_artifact(backend.get_bytes(name, record.version), max_bytes=None)
+        header = parse_header(backend.get_bytes(name, record.version))
         versions = [r.version for r in backend.list() if r.name == name]
     finally:
         backend.close()
-    tensors = {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
-               for k, v in sorted(artifact.tensors.items())}
+    config = config_from_header(header)
+    tensors = {k: {"dtype": SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"]), "shape": list(v["shape"])}
+               for k, v in sorted(header.items()) if k != "__metadata__"}
+    num_params = sum(math.prod(t["shape"]) for t in tensors.values())
+    labels = config.get("labels", [])
     if args.json:
         print(json.dumps({
-            "record": record.to_json(), "labels": artifact.labels, "tuner": artifact.tuner,
-            "backbone": artifact.backbone, "tensors": tensors, "num_params": artifact.num_params,
+            "record": record.to_json(), "labels": labels, "tuner": config.get("tuner"),
+            "backbone": config.get("backbone"), "tensors": tensors, "num_params": num_params,
             "versions": versions,
         }, indent=2))
         return 0
@@ -160,10 +147,10 @@ def _show(args) -> int:
         f"  backbone  {record.backbone_name} (fingerprint {record.backbone_fingerprint})",
         f"  created   {record.created_at}",
         f"  size      {_size(record.size_bytes)}, weights sha256 {record.sha256}",
-        f"  labels    {', '.join(artifact.labels) if artifact.labels else '-'}",
-        f"  tuner     {json.dumps(artifact.tuner, sort_keys=True)}",
-        f"  metrics   {json.dumps(artifact.metrics, sort_keys=True) if artifact.metrics else '-'}",
-        f"  tensors   {len(tensors)} ({artifact.num_params:,} parameters)",
+        f"  labels    {', '.join(labels) if labels else '-'}",
+        f"  tuner     {json.dumps(config.get('tuner'), sort_keys=True)}",
+        f"  metrics   {json.dumps(record.metrics, sort_keys=True) if record.metrics else '-'}",
+        f"  tensors   {len(tensors)} ({num_params:,} parameters)",
         f"  versions  {', '.join(map(str, versions))}",
     ]
     print("\n".join(lines))
@@ -171,9 +158,6 @@ def _show(args) -> int:
 
 
 def _push(args) -> int:
-    from tuner_store.artifact import DEFAULT_MAX_ARTIFACT_BYTES
-    from tuner_store.errors import ArtifactError
-
     backend = backend_from_args(args)
     limit = getattr(backend, "max_artifact_bytes", DEFAULT_MAX_ARTIFACT_BYTES)
     stored = []
@@ -201,8 +185,6 @@ def _push(args) -> int:
 
 
 def _rm(args) -> int:
-    from tuner_store.store import parse_ref
-
     name, version = parse_ref(args.ref)
     backend = backend_from_args(args)
     try:
@@ -216,10 +198,6 @@ def _rm(args) -> int:
 
 
 def _export(args) -> int:
-    from tuner_store.errors import StoreError
-    from tuner_store.fsutil import atomic_write_bytes
-    from tuner_store.store import parse_ref
-
     name, version = parse_ref(args.ref)
     backend = backend_from_args(args)
     try:

@@ -29,9 +29,8 @@ from pathlib import Path
 from tuner_store.artifact import DEFAULT_MAX_ARTIFACT_BYTES, TunerArtifact, _encode, read_config, utc_now
 from tuner_store.errors import NotFoundError, StoreError, StoreResetError, StoreUnavailableError
 from tuner_store.fsutil import atomic_write_bytes, fsync_dir
+from tuner_store.records import ChangeEvent, TunerRecord
 from tuner_store.store import (
-    ChangeEvent,
-    TunerRecord,
     TunerStore,
     check_name,
     pick_version,

@@ -27,9 +27,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tuner_store.artifact import DEFAULT_MAX_ARTIFACT_BYTES, TunerArtifact, _encode, utc_now
 from tuner_store.errors import ConflictError, NotFoundError, StoreError, StoreUnavailableError
+from tuner_store.records import ChangeEvent, TunerRecord
 from tuner_store.store import (
-    ChangeEvent,
-    TunerRecord,
     TunerStore,
     check_name,
     pick_version,

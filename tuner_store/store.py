@@ -13,8 +13,6 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 from tuner_store.artifact import (
     DEFAULT_MAX_ARTIFACT_BYTES,
@@ -26,68 +24,8 @@ from tuner_store.artifact import (
     is_valid_name,
     parse_header,
 )
-from tuner_store.errors import ArtifactError, NotFoundError, StoreError, StoreResetError
-
-DEFAULT_STORE_URL = "file://./data/tuners"
-STORE_URL_FORMS = ("file:///absolute/path", "file://relative/path", "a plain path", "redis://host:port/db")
-
-
-@dataclass(frozen=True)
-class TunerRecord:
-    """What a store knows about one stored version, without its tensors."""
-
-    name: str
-    version: int
-    kind: str
-    sha256: str  # the artifact's weights_sha256
-    size_bytes: int  # size of the stored file
-    created_at: str
-    backbone_name: str
-    backbone_fingerprint: str
-    num_labels: int
-    metrics: dict
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TunerRecord":
-        return cls(**data)
-
-    @classmethod
-    def from_config(cls, config: dict, size_bytes: int) -> "TunerRecord":
-        """From a validated artifact config (the file's metadata) and the stored file's size."""
-        return cls(
-            name=config["name"],
-            version=config["version"],
-            kind=config["kind"],
-            sha256=config["weights_sha256"],
-            size_bytes=size_bytes,
-            created_at=config["created_at"],
-            backbone_name=config["backbone"]["name"],
-            backbone_fingerprint=config["backbone"]["fingerprint"],
-            num_labels=len(config["labels"]),
-            metrics=config["metrics"],
-        )
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    revision: int
-    action: Literal["put", "delete"]
-    name: str
-    version: int | None  # None: every version of `name` was deleted
-
-    @property
-    def ref(self) -> str:
-        return self.name if self.version is None else f"{self.name}@{self.version}"
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
+from tuner_store.records import ChangeEvent, TunerRecord
 
 
 def content_sha256(config: dict) -> str:
@@ -253,32 +191,3 @@ class TunerStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-
-def open_store(url: str | None = None, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> TunerStore:
-    """A store from its URL: file:///abs/path, file://relative/path, a plain path, or redis://host:port/db.
-
-    Nothing is connected or created here: a Redis store connects on first use, a file store creates
-    its directory on the first write.
-    """
-    url = DEFAULT_STORE_URL if url is None else url
-    if not isinstance(url, str) or not url:
-        raise StoreError(f"store URL must be a non-empty string; use one of: {', '.join(STORE_URL_FORMS)}")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        from tuner_store.file_store import FileTunerStore
-
-        return FileTunerStore(url, max_artifact_bytes=max_artifact_bytes)
-    if scheme == "file":
-        if not rest:
-            raise StoreError(f"store URL {url!r} names no directory; use one of: {', '.join(STORE_URL_FORMS)}")
-        from tuner_store.file_store import FileTunerStore
-
-        return FileTunerStore(os.path.expanduser(rest), max_artifact_bytes=max_artifact_bytes)
-    if scheme in ("redis", "rediss"):
-        from tuner_store.redis_store import RedisTunerStore
-
-        return RedisTunerStore(url, max_artifact_bytes=max_artifact_bytes)
-    raise StoreError(
-        f"unknown store URL scheme {scheme + '://'!r} in {url!r}; use one of: {', '.join(STORE_URL_FORMS)}"
-    )

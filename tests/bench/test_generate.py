@@ -1,12 +1,12 @@
 """Benchmark schemas at tiny sizes (the numbers themselves come from `restune bench …` on a quiet machine)."""
 from __future__ import annotations
 
-import argparse
 import json
 
+import torch
 from PIL import Image
 
-from clients.cli import main
+from restune.cli import main
 
 
 def test_bench_generate_writes_json_and_grid(tmp_path, capsys):
@@ -17,7 +17,8 @@ def test_bench_generate_writes_json_and_grid(tmp_path, capsys):
     out = capsys.readouterr().out
     payload = json.loads(out[out.index("{"):])
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["generate-grid-tiny-random-cpu-1t.png", "generate-tiny-random-cpu-1t.json"]
+    slug = f"tiny-random-cpu-{torch.get_num_threads()}t"
+    assert files == [f"generate-grid-{slug}.png", f"generate-{slug}.json"]
     assert json.loads((tmp_path / files[1]).read_text())["median_ms"] == payload["median_ms"]
     assert set(payload["median_ms"]) == {"one_pass", "sequential"}
     assert payload["one_pass_over_sequential"] == round(
@@ -33,18 +34,19 @@ def test_bench_generate_writes_json_and_grid(tmp_path, capsys):
 
 
 def test_train_memory_diffusion_schema(tmp_path, capsys):
-    from training.diffusion_memory import run_diffusion_train_memory
+    from bench.diffusion_memory import diffusion_train_memory
+    from bench.results import emit
 
-    args = argparse.Namespace(device="cpu", json=False, batch_size=32, out_dir=str(tmp_path),
-                              diffusion_batch_size=2, diffusion_resolution=32, diffusion_steps=1, threads=1)
-    payload = run_diffusion_train_memory(args)
+    result = diffusion_train_memory(device="cpu", batch_size=2, resolution=32, steps=1, threads=1)
+    payload = result.payload
     bypass, full = payload["methods"]["bypass"], payload["methods"]["full"]
     assert bypass["trainable_params"] == 13_392 and full["trainable_params"] == 2_140_036
-    assert payload["options"]["batch_size"] == 2  # the ViT benchmark's batch_size (32) is not used
+    assert payload["options"]["batch_size"] == 2
     for r in (bypass, full):
         assert r["peak_bytes"] >= r["before_steps_bytes"] > 0 and r["step_ms_median"] > 0
     assert set(payload["ratios_bypass_over_full"]) == {"peak_memory", "training_extra_memory", "step_time"}
     assert payload["paper"]["memory_ratio"] == 0.29 and payload["paper"]["time_ratio"] == 0.41
-    written = json.loads(open(payload["written"]).read())
+    assert emit(result, out_dir=tmp_path) == 0
+    written = json.loads((tmp_path / f"{result.name}.json").read_text())
     assert written["methods"]["full"]["trainable_params"] == 2_140_036
     assert "bypass / full: peak memory" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 import json
 
-from restuning.bench_multitask import run_multitask_bench, save_multitask
+from bench.multitask import multitask_result, run_multitask_bench
+from bench.results import emit
 
 
 def test_multitask_bench_schema_and_files(tmp_path):
@@ -15,6 +16,7 @@ def test_multitask_bench_schema_and_files(tmp_path):
         assert set(r) == {"backbone", "batch", "pooling", "tasks", "method", "median_ms"}
         assert r["median_ms"] > 0
     assert len(payload["results"]) == 2 * 2 * 4
-    paths = save_multitask(payload, tmp_path, "cpu")
-    assert json.loads(paths[0].read_text())["results"] == payload["results"]
-    assert paths[1].suffix == ".png" and paths[1].stat().st_size > 1000
+    result = multitask_result(payload, "cpu")
+    assert emit(result, out_dir=tmp_path) == 0
+    assert json.loads((tmp_path / f"{result.name}.json").read_text())["results"] == payload["results"]
+    assert (tmp_path / f"{result.name}.png").stat().st_size > 1000

@@ -1,5 +1,5 @@
 """`restune bench serve`: the report's arithmetic, and one short real run (server subprocess + raw engine)."""
-from server.bench_serve import _histogram_deltas, _summarize_load, run_serve_bench
+from bench.serve import _histogram_deltas, _summarize_load, run_serve_bench
 
 METRICS_BEFORE = """restune_batch_size_sum 10.0
 restune_batch_size_count 4.0

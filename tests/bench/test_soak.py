@@ -17,7 +17,7 @@ SHORT = ["--backbone", "restune_vit_micro", "--images", "24", "--image-size", "3
 
 def soak(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out_dir = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "clients.cli", "bench", "soak", *SHORT, "--out-dir", str(out_dir),
+    proc = subprocess.run([sys.executable, "-m", "restune", "bench", "soak", *SHORT, "--out-dir", str(out_dir),
                            *args], capture_output=True, text=True, timeout=300)
     reports = sorted(out_dir.glob("soak-*.json"))
     assert len(reports) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -66,7 +66,7 @@ def test_soak_fails_when_requests_fail(tmp_path):
 
 
 def test_memory_verdict():
-    from server.bench_soak import _memory_verdict
+    from bench.soak import _memory_verdict
 
     def run(rss_at) -> dict:
         return _memory_verdict([{"t_s": t, "rss_mb": rss_at(t)} for t in range(100)], warmup=10, tolerance_mb=32)
@@ -81,35 +81,3 @@ def test_memory_verdict():
     assert run(lambda t: 500 + 0.5 * t)["steady"] is True  # 22 MiB over the run: inside the tolerance
     short = _memory_verdict([{"t_s": t, "rss_mb": 500} for t in range(12)], warmup=10, tolerance_mb=32)
     assert short["steady"] is None and "too few samples" in short["why"]
-
-
-def test_tuner_churn_frees_old_snapshots(store_url, run_app, micro_backbone):
-    """Each store change builds a new tuner snapshot; the replaced ones must be freed, or a soak's RSS would climb."""
-    import asyncio
-    import gc
-
-    from restuning.bypass import ResTuningBypass
-    from restuning.engine import MultiTaskEngine
-    from tests.server.helpers import make_artifact, server_settings
-    from tuner_store.artifact import encode_artifact
-
-    def alive(cls) -> int:
-        gc.collect()
-        return sum(1 for o in gc.get_objects() if issubclass(type(o), cls))  # type(): no proxy __class__ lookups
-
-    async def main():
-        async with run_app(server_settings(store_url)) as app:
-            blobs = [encode_artifact(make_artifact(micro_backbone, "churn", seed=s)) for s in (1, 2)]
-            octet = {"content-type": "application/octet-stream"}
-            engines_before, heads_before = alive(MultiTaskEngine), alive(ResTuningBypass)
-            for i in range(8):
-                r = await app.client.post("/v1/tuners", content=blobs[i % 2], headers=octet)
-                assert r.status_code == 201, r.text
-                await app.wait_for(lambda: "churn" in app.state.registry.snapshot.classifiers)
-                assert (await app.client.delete("/v1/tuners/churn")).status_code == 200
-                await app.wait_for(lambda: "churn" not in app.state.registry.snapshot.classifiers)
-            assert len(app.state.registry.snapshot.classifiers) == 3
-            assert alive(MultiTaskEngine) <= engines_before
-            assert alive(ResTuningBypass) <= heads_before
-
-    asyncio.run(main())

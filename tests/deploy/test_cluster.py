@@ -1,7 +1,7 @@
 """Two real `restune serve` replicas on one real redis-server: hot-load propagation and faults.
 
 Everything runs as separate processes on loopback: redis-server (AOF, fsync per write, on a fixed port so a
-restart comes back where the replicas look) and uvicorn replicas started with `python -m clients.cli serve`.
+restart comes back where the replicas look) and uvicorn replicas started with `python -m restune serve`.
 The replicas are shared by the tests of this module (each start imports torch and timm); every test uses
 tuner names of its own, so none depends on what another one left behind.
 """
@@ -98,7 +98,7 @@ def served_refs(server: LiveServer) -> dict[str, str]:
 
 
 def store_refs(redis: PersistentRedis) -> dict[str, str]:
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     with open_store(redis.url(0)) as store:
         return {name: record.ref for name, record in store.latest().items()}
@@ -272,7 +272,7 @@ def test_redis_restarted_without_persistence_resyncs(tmp_path, run_app, micro_ba
     import asyncio
 
     from tests.server.helpers import make_artifact, server_settings
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     redis = PersistentRedis(tmp_path / "redis", appendonly=False).start()
 

@@ -28,7 +28,7 @@ SEED = 8
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, micro_backbone):
     from tests.server.helpers import make_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     root = tmp_path_factory.mktemp("fuzz")
     store_url = f"file://{root / 'store'}"

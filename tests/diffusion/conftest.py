@@ -40,7 +40,7 @@ def tiny_pipe():
 @pytest.fixture(scope="session")
 def random_tuners(tiny_pipe):
     """Two style tuners whose zero-initialised weights are random (so each changes the output)."""
-    from training.diffusion_bench import random_tuner
+    from bench.generate import random_tuner
 
     return {"s1": random_tuner(tiny_pipe, 1, 0.05), "s2": random_tuner(tiny_pipe, 2, 0.05)}
 
@@ -48,7 +48,7 @@ def random_tuners(tiny_pipe):
 @pytest.fixture(scope="session")
 def style_folder(tmp_path_factory):
     """Eight 32×32 training images of one style (red stripes), plus one file that is not an image."""
-    from training.diffusion_bench import style_specs, write_style_images
+    from bench.generate import style_specs, write_style_images
 
     folder = tmp_path_factory.mktemp("style-red")
     write_style_images(style_specs(1)[0], folder, 8, 32, seed=0)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clients.cli import main
+from restune.cli import main
 
 
 @pytest.fixture
@@ -40,6 +40,18 @@ def stub_server():
             else:
                 answer = {"name": "red-stripes", "version": 4}
             data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # the stored record, as a server answers GET /v1/tuners/NAME?version=N
+            seen.append({"path": self.path, "headers": dict(self.headers), "body": b""})
+            data = json.dumps({"name": "red-stripes", "version": 4, "kind": "diffusion", "sha256": "0" * 64,
+                               "size_bytes": 1, "created_at": "2026-01-01T00:00:00Z", "backbone_name": "tiny",
+                               "backbone_fingerprint": "0" * 64, "num_labels": 0, "metrics": {},
+                               "ref": "red-stripes@4", "serving": True}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -108,7 +120,8 @@ def test_generate_on_a_server_uses_the_contract(stub_server, tmp_path, capsys):
 
 
 def test_push_over_http_sends_the_artifact_bytes_with_the_admin_token(stub_server, monkeypatch, tiny_pipe):
-    from training.style import push_artifact, style_artifact
+    from training.push import push_artifact
+    from training.style import style_artifact
     from tuner_store.artifact import decode_artifact
 
     url, seen = stub_server
@@ -120,6 +133,7 @@ def test_push_over_http_sends_the_artifact_bytes_with_the_admin_token(stub_serve
     assert request["headers"]["Content-Type"] == "application/octet-stream"
     assert request["headers"]["Authorization"] == "Bearer s3cret"
     assert decode_artifact(request["body"]).name == "red-stripes"
+    assert seen[1]["path"] == "/v1/tuners/red-stripes?version=4"  # the stored record, read back
 
 
 def test_describe_diffusion(capsys):

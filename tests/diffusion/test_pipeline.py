@@ -121,7 +121,7 @@ def test_trained_tuner_lowers_the_loss_and_changes_the_images(tiny_pipe, trained
 
 def test_artifact_round_trip_through_the_store(tiny_pipe, trained, tmp_path):
     from tuner_store.artifact import decode_artifact, encode_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     artifact = trained.artifact
     assert artifact.kind == "diffusion" and artifact.name == "red-stripes"

@@ -113,7 +113,7 @@ def test_triton_engine_without_fusable_norms(interpreter, monkeypatch):
 def test_cuda_vit_base_engine(dtype, pooling, batch, monkeypatch):
     """ViT-B/16 (random weights), 19 heads with VTAB class counts, as in `restune bench multitask`."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from restuning.bench_multitask import VTAB_CLASSES
+    from bench.multitask import VTAB_CLASSES
 
     dt = DTYPES[dtype]
     bb = _backbone("vit_base_patch16_224", dt, "cuda")

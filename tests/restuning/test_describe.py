@@ -44,7 +44,7 @@ def test_res_tuning_dual_and_tri():
 
 def test_cli_json():
     out = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "describe", "--backbone", "vit_base_patch16_224", "--dim", "10",
+        [sys.executable, "-m", "restune", "describe", "--backbone", "vit_base_patch16_224", "--dim", "10",
          "--num-classes", "100", "--json"],
         capture_output=True, text=True, check=True,
     )
@@ -55,7 +55,7 @@ def test_cli_json():
 
 def test_cli_bad_input_one_line():
     out = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "describe", "--backbone", "vit_base_patch16_224", "--dim", "0"],
+        [sys.executable, "-m", "restune", "describe", "--backbone", "vit_base_patch16_224", "--dim", "0"],
         capture_output=True, text=True,
     )
     assert out.returncode == 2

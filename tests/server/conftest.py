@@ -8,7 +8,7 @@ from tests.server.helpers import RunningApp, make_artifact
 
 @pytest.fixture
 def store_url(tmp_path, micro_backbone):
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'store'}"
     store = open_store(url)

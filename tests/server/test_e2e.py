@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "clients.cli", *args], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "restune", *args], capture_output=True, text=True, timeout=300)
     if check and out.returncode != 0:
         raise AssertionError(f"restune {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
@@ -49,11 +49,11 @@ def test_train_push_classify_delete(tmp_path):
     with LiveServer(f"file://{tmp_path / 'store'}", tmp_path, extra=["--admin-token", "tok"]) as server:
         env_token = {"RESTUNE_ADMIN_TOKEN": "tok"}
         no_token = {k: v for k, v in os.environ.items() if k != "RESTUNE_ADMIN_TOKEN"}
-        denied = subprocess.run([sys.executable, "-m", "clients.cli", "tuners", "push", str(artifact), "--server",
+        denied = subprocess.run([sys.executable, "-m", "restune", "tuners", "push", str(artifact), "--server",
                                  server.url], capture_output=True, text=True, env=no_token)
         assert denied.returncode != 0 and "401" in denied.stderr
 
-        pushed = subprocess.run([sys.executable, "-m", "clients.cli", "tuners", "push", str(artifact), "--server",
+        pushed = subprocess.run([sys.executable, "-m", "restune", "tuners", "push", str(artifact), "--server",
                                  server.url, "--json"], capture_output=True, text=True,
                                 env={**os.environ, **env_token})
         assert pushed.returncode == 0, pushed.stderr
@@ -75,7 +75,7 @@ def test_train_push_classify_delete(tmp_path):
         shown = cli("tuners", "show", "halves", "--server", server.url, "--json")
         assert json.loads(shown.stdout)["labels"] == ["bottom", "top"]
 
-        removed = subprocess.run([sys.executable, "-m", "clients.cli", "tuners", "rm", "halves", "--server",
+        removed = subprocess.run([sys.executable, "-m", "restune", "tuners", "rm", "halves", "--server",
                                   server.url], capture_output=True, text=True, env={**os.environ, **env_token})
         assert removed.returncode == 0, removed.stderr
         deadline = time.monotonic() + 10

@@ -15,7 +15,7 @@ from tests.server.helpers import png_bytes, server_settings
 @pytest.fixture(scope="module")
 def style_artifacts():
     from restuning.diffusion.pipeline import StylePipeline
-    from training.diffusion_bench import random_tuner
+    from bench.generate import random_tuner
     from training.style import style_artifact
 
     pipe = StylePipeline.load("tiny-random", device="cpu")
@@ -25,7 +25,7 @@ def style_artifacts():
 
 @pytest.fixture
 def gen_store(store_url, style_artifacts):
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     with open_store(store_url) as store:
         for artifact in style_artifacts[0].values():

@@ -9,7 +9,7 @@ from server.runner import ClassifyRequest, ClassifyRunner, NoTunersError, Unknow
 
 
 def _runner(store_url, backbone):
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     registry = TunerRegistry(open_store(store_url), backbone, device="cpu", dtype=torch.float32)
     registry.load_all()
@@ -24,7 +24,7 @@ def _job(backbone, tasks):
 
 
 def test_a_task_deleted_before_its_batch_is_named(tmp_path, micro_backbone):
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'empty'}"
     open_store(url).close()

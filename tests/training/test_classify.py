@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from clients.cli import main
+from restune.cli import main
 from tests.training.conftest import MICRO
 from training.classify import ClassifyOptions, train_classify
 from training.methods import MethodSpec
@@ -48,7 +48,7 @@ def test_artifact_loads_in_tuner_store_and_reproduces_the_trained_logits(image_f
 
 
 def test_push_to_a_file_store(csv_data, tmp_path):
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'store'}"
     result = train_classify(_options(csv_data, tmp_path, push=url, name="colours"))

@@ -6,14 +6,14 @@ import os
 import subprocess
 import sys
 
-from clients.cli import main
+from restune.cli import main
 from tests.training.conftest import MICRO
 from training import demo_tasks
 
 
 def test_demo_pushes_nineteen_working_tuners(tmp_path, capsys, micro_backbone):
     from tuner_store.artifact import build_bypass_from_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'store'}"
     code = main(["demo", "--store", url, "--backbone", MICRO, "--weights", "random:0", "--train-size", "12",
@@ -59,15 +59,19 @@ def test_train_memory_schema_on_the_micro_backbone(tmp_path, capsys):
     assert (tmp_path / "train-memory-restune_vit_micro-cpu-1t.json").is_file() or payload["written"]
 
 
-def test_train_memory_diffusion_flag_fails_clearly_without_the_module(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "training.diffusion_memory", None)  # as if the module were not built
-    code = main(["bench", "train-memory", "--diffusion", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--diffusion is not available" in err
+def test_a_missing_extra_is_named_in_one_line():
+    """An install without the diffusion extra: the command says which extra brings what it needs."""
+    code = ("import sys; sys.modules['diffusers'] = None\n"  # as if diffusers were not installed
+            "from restune.cli import main; sys.exit(main(['bench', 'train-memory', '--diffusion', '--no-save']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "restune: error: this command needs 'diffusers', which comes with the 'diffusion' extra: "
+        "pip install 'restune[diffusion]'")
 
 
 def test_bench_accuracy_writes_the_three_methods(tmp_path):
-    from training.accuracy import run_digits_accuracy
+    from bench.accuracy import run_digits_accuracy
 
     payload = run_digits_accuracy(backbone=MICRO, weights="random:0", pooling="avg", epochs=1, batch_size=16,
                                   lrs={"linear": (0.05,), "bypass": (0.01, 0.05), "full": (1e-3,)}, progress=False,
@@ -92,7 +96,7 @@ def test_torchrun_two_cpu_ranks_match_one_process(image_folder, tmp_path):
               "--no-augment", "--val-fraction", "0", "--val-data", str(image_folder)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clients.cli",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "restune",
          *common, "--batch-size", "4", "--out", str(tmp_path / "ddp.safetensors"), "--push", str(tmp_path / "st")],
         capture_output=True, text=True, env=env, timeout=240,
     )

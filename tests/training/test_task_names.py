@@ -86,7 +86,7 @@ def test_engine_artifact_store_and_registry_take_every_name(micro_backbone, tmp_
     from restuning.engine import MultiTaskEngine
     from server.registry import TunerRegistry
     from tuner_store.artifact import classification_artifact, decode_artifact, encode_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     heads = {n: build_bypass(BypassConfig.create(micro_backbone.info, num_classes=2, dim=2),
                              micro_backbone.embed_dim, seed=i) for i, n in enumerate(NAMES)}
@@ -112,7 +112,7 @@ def test_engine_artifact_store_and_registry_take_every_name(micro_backbone, tmp_
 @pytest.mark.parametrize("name", ["train", "eval"])
 def test_cli_trains_from_a_folder_named_like_a_module_method(tmp_path, name, capsys):
     """`--data data/train` with no --name: the folder name becomes the task name."""
-    from clients.cli import main
+    from restune.cli import main
     from tests.training.conftest import MICRO, write_png
 
     root = tmp_path / "data" / name

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clients.cli import main
+from restune.cli import main
 from tests.tuner_store.tuner_helpers import PICKLE_BYTES, make_artifact
 from tuner_store import open_store, read_artifact, write_artifact
 
@@ -102,7 +102,7 @@ def test_real_cli_process_fails_with_one_line():
     from tests.redis_fixture import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = subprocess.run([sys.executable, "-m", "clients.cli", "tuners", "list", "--store", url], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "restune", "tuners", "list", "--store", url], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stdout == ""

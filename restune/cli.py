@@ -1,36 +1,42 @@
-"""The `restune` command line.
+"""The `restune` command line, composed in this one module.
 
-Every package contributes its own commands through a `register(groups)`
-function in its `commands` module, so this file only wires them together and
-turns user-facing errors into one-line messages with a non-zero exit code.
-Command modules import heavy dependencies (torch, FastAPI, Redis) lazily inside
-their handlers, so `restune --help` stays fast.
+Every package contributes its own commands through a `register(groups)` function in its `commands`
+module; this module alone imports every package, wires them together, and turns user-facing errors into
+one-line messages with a non-zero exit code. Command modules stay light (argparse and config only); their
+handlers import torch, FastAPI or Redis when they run, because those come with optional extras and
+`restune --help` should not wait for them.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from dataclasses import dataclass
 
-# Packages that contribute commands; a missing one is skipped.
-COMMAND_MODULES = (
-    "restuning.commands",
-    "tuner_store.commands",
-    "training.commands",
-    "server.commands",
-    "clients.commands",
-    "training.style_commands", "clients.generate_commands",  # diffusion: train style; generate, bench generate
-)
-
+from bench import commands as bench_commands
+from clients import commands as client_commands
+from clients import generate_commands
+from restuning import commands as model_commands
+from restuning.errors import RestuneError
+from server import commands as server_commands
+from training import commands as training_commands
+from training import style_commands
+from tuner_store import commands as store_commands
 
 # Long-running commands report their progress as INFO log lines; every other command prints its answer
 # and nothing else unless -v is given.
 PROGRESS_COMMANDS = ("train", "bench", "demo", "serve")
 # Libraries that log each request at INFO (httpx: "HTTP Request: …"); heard only with -v.
 CHATTY_LIBRARIES = ("httpx", "httpcore")
+# The extra that brings each optional third-party package, for the message when one is missing.
+EXTRA_OF = {
+    "torch": "model", "torchvision": "model", "timm": "model", "safetensors": "model", "numpy": "model",
+    "PIL": "model", "tqdm": "model", "sklearn": "training", "matplotlib": "bench", "psutil": "server",
+    "diffusers": "diffusion", "transformers": "diffusion", "redis": "redis", "fastapi": "server",
+    "uvicorn": "server", "starlette": "server", "multipart": "server", "prometheus_client": "server",
+    "triton": "model",
+}
 
 
 @dataclass
@@ -60,15 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tuners.required = True
     groups = CommandGroups(top=top, train=train, bench=bench, tuners=tuners)
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-                continue
-            raise
-        module.register(groups)
+    model_commands.register(groups)
+    store_commands.register(groups)
+    training_commands.register(groups)
+    style_commands.register(groups)
+    server_commands.register(groups, before=training_commands.seed_demo_store, hints=training_commands.serve_hints)
+    client_commands.register(groups)
+    generate_commands.register(groups)
+    bench_commands.register(groups)
     return parser
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF.get(root)
+    if extra is None:
+        return None
+    return f"this command needs {root!r}, which comes with the '{extra}' extra: pip install 'restune[{extra}]'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         for name in CHATTY_LIBRARIES:
             logging.getLogger(name).setLevel(logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from restuning.errors import RestuneError
-
     try:
         return int(args.handler(args) or 0)
     except RestuneError as exc:
@@ -95,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
         return 0
+    except ModuleNotFoundError as exc:
+        message = _missing_extra(exc)
+        if message is None or args.verbose:
+            raise
+        print(f"restune: error: {message}", file=sys.stderr)
+        return 2
     except Exception as exc:  # one line for the user; -v shows the traceback
         if args.verbose:
             raise

@@ -1,4 +1,4 @@
-"""Which server threads may run multi-threaded torch ops: the model thread (and generation), nothing else.
+"""Which threads may run multi-threaded torch ops: a server's model thread (and generation), nothing else.
 
 Every thread that has run one parallel torch op keeps an OpenMP team of worker
 threads for the rest of its life, and once a process holds more OpenMP threads

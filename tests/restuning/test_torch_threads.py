@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from server.torch_threads import call_on_passing_thread, helper_executor, run_on_passing_thread
+from restuning.torch_threads import call_on_passing_thread, helper_executor, run_on_passing_thread
 
 
 def test_passing_thread_runs_with_its_count_and_ends():

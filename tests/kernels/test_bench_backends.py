@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from restuning.bench_multitask import run_multitask_bench, save_multitask
+from bench.multitask import multitask_result, run_multitask_bench
 from restuning.errors import ConfigError
 
 
@@ -19,11 +19,9 @@ def test_bench_engine_vs_engine_torch_same_schema(interpreter, tmp_path):
         assert set(r) == {"backbone", "batch", "pooling", "tasks", "method", "median_ms"}
     for row in payload["ratios"]:
         assert {"engine_over_backbone", "engine_torch_over_engine", "naive_over_engine"} <= set(row)
-    paths = save_multitask(payload, tmp_path, "cpu", plot=False)
-    assert paths[0].name.startswith("multitask-restune_vit_micro-cpu-")  # float32: the name it always had
+    assert multitask_result(payload, "cpu").name.startswith("multitask-restune_vit_micro-cpu-")  # float32
     payload["config"]["dtype"] = "float16"  # fp16/bf16 runs of one device do not overwrite each other
-    assert save_multitask(payload, tmp_path, "cpu", plot=False)[0].name.startswith(
-        "multitask-restune_vit_micro-float16-cpu-")
+    assert multitask_result(payload, "cpu").name.startswith("multitask-restune_vit_micro-float16-cpu-")
 
 
 def test_bench_engine_stage_needs_cuda():

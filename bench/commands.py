@@ -1,0 +1,293 @@
+"""`restune bench …`: every benchmark behind one interface.
+
+Each benchmark here is its arguments plus a run function that returns a `BenchResult`; `bench.results.emit`
+writes it under --out-dir (unless --no-save) and prints its report (or the JSON with --json). The benchmark
+modules import torch and the model stack, so each run function imports its module when it runs: building the
+command line (`restune --help`, and installs without torch) never pays for them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from restuning.cli_types import comma_list, positive_int, positive_list
+from restuning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], object]  # -> bench.results.BenchResult
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", default="bench/results", help="where result files go (default bench/results)")
+    p.add_argument("--no-save", action="store_true", help="do not write result files")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the report")
+
+
+# -- multitask --------------------------------------------------------------------------------------------
+
+def _multitask_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--weights", default="random")
+    b.add_argument("--batch", type=positive_list(int), default=[1], help="comma list, e.g. 1,32")
+    b.add_argument("--tasks", type=positive_list(int), default=[1, 2, 4, 8, 19], help="comma list of head counts")
+    b.add_argument("--pooling", type=comma_list, default=["token", "avg"], help="token, avg or token,avg")
+    b.add_argument("--methods", type=comma_list, default=["backbone", "engine", "naive", "full_models"],
+                   help="comma list of backbone, engine, engine_torch (engine on the PyTorch kernels), "
+                        "engine_stage (Triton, one launch per stage; CUDA), naive, full_models")
+    b.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                   help="kernel backend of the 'engine' method: auto = fused Triton kernels on CUDA, PyTorch on CPU")
+    b.add_argument("--repeats", type=int, default=7)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="float32", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16"))
+
+
+def _multitask(args):
+    from bench.multitask import METHODS, multitask_result, run_multitask_bench  # torch: see the module docstring
+    from restuning.devices import resolve_device, resolve_dtype
+
+    bad = [p for p in args.pooling if p not in ("token", "avg")] + [m for m in args.methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown pooling/method {bad}; poolings: token, avg; methods: {', '.join(METHODS)}")
+    device = str(resolve_device(args.device))
+    payload = run_multitask_bench(
+        backbone_name=args.backbone, batches=args.batch, task_counts=args.tasks, poolings=args.pooling,
+        methods=args.methods, repeats=args.repeats, warmup=args.warmup, device=device,
+        dtype=resolve_dtype(args.dtype, device), kernel_backend=args.backend, weights=args.weights,
+    )
+    return multitask_result(payload, device)
+
+
+# -- accuracy ----------------------------------------------------------------------------------------------
+
+def _accuracy_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--backbone", default="vit_tiny_patch16_224")
+    a.add_argument("--weights", default="random:0")
+    a.add_argument("--pooling", default="avg", choices=("token", "avg"))
+    a.add_argument("--epochs", type=positive_int, default=20)
+    a.add_argument("--batch-size", type=positive_int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--methods", type=comma_list, default=["linear", "bypass", "full"])
+    a.add_argument("--lr-linear", type=positive_list(float), default=None,
+                   help="candidates (default 0.2,0.1,0.05,0.01)")
+    a.add_argument("--lr-bypass", type=positive_list(float), default=None,
+                   help="candidates (default 0.05,0.01,0.005)")
+    a.add_argument("--lr-full", type=positive_list(float), default=None,
+                   help="candidates (default 3e-4,1e-4)")
+    a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
+    a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--no-progress", action="store_true")
+
+
+def _accuracy(args):
+    from bench.accuracy import METHODS, format_accuracy, run_digits_accuracy  # torch
+    from bench.common import device_slug
+    from bench.results import BenchResult
+    from training.distributed import resolve_device
+
+    _known(args.methods, METHODS)
+    lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
+    device = resolve_device(args.device)
+    payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
+                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                                  methods=args.methods, lrs=lrs, augment=args.augment, device=device,
+                                  cache_dir=args.cache_dir, progress=_progress(args))
+    return BenchResult(f"digits-accuracy-{device_slug(device)}", payload, format_accuracy(payload))
+
+
+# -- train-memory -------------------------------------------------------------------------------------------
+
+def _train_memory_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--batch-size", type=positive_int, default=32)
+    b.add_argument("--methods", type=comma_list, default=["full", "restuning", "bypass", "bypass_cached"],
+                   help="comma list of full, restuning, bypass, bypass_cached, linear")
+    b.add_argument("--pooling", default=None, choices=("token", "avg"), help="default: the backbone's own")
+    b.add_argument("--steps", type=positive_int, default=None, help="measured steps (CPU 3, CUDA 10)")
+    b.add_argument("--warmup", type=int, default=None, help="warm-up steps (CPU 1, CUDA 3)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads in each worker")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--diffusion", action="store_true",
+                   help="measure Stable Diffusion style tuning instead (bypass vs full U-Net fine-tuning)")
+    b.add_argument("--diffusion-model", default=None, help="--diffusion: a diffusers directory or tiny-random")
+    b.add_argument("--diffusion-batch-size", type=int, default=None)
+    b.add_argument("--diffusion-resolution", type=int, default=None)
+    b.add_argument("--diffusion-steps", type=int, default=None)
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _train_memory(args):
+    if args.diffusion:
+        from bench.diffusion_memory import diffusion_train_memory  # torch, diffusers
+
+        return diffusion_train_memory(model=args.diffusion_model, device=args.device,
+                                      batch_size=args.diffusion_batch_size, resolution=args.diffusion_resolution,
+                                      steps=args.diffusion_steps, threads=args.threads)
+    from bench.common import device_slug
+    from bench.results import BenchResult
+    from bench.train_memory import METHODS, format_report, run_train_memory  # torch
+    from training.distributed import resolve_device
+
+    _known(args.methods, METHODS)
+    device = resolve_device(args.device)
+    payload = run_train_memory(backbone=args.backbone, batch_size=args.batch_size, device=device,
+                               methods=args.methods, steps=args.steps, warmup=args.warmup, pooling=args.pooling,
+                               threads=args.threads, progress=_progress(args))
+    return BenchResult(f"train-memory-{args.backbone}-{device_slug(device)}", payload, format_report(payload))
+
+
+# -- serve ----------------------------------------------------------------------------------------------------
+
+def _serve_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--backbone", default="vit_tiny_patch16_224")
+    b.add_argument("--tasks", type=int, default=19, help="random tuners loaded (default 19)")
+    b.add_argument("--concurrency", type=int, default=16)
+    b.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    b.add_argument("--max-batch-size", type=int, default=None, help="server batch cap (default concurrency / 2)")
+    b.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    b.add_argument("--rounds", type=int, default=3,
+                   help="server and raw engine take turns this many times (default 3)")
+    b.add_argument("--hotload-puts", type=int, default=20, help="put-to-serving samples (0 skips)")
+
+
+def _serve(args):
+    from bench.serve import run_serve_bench, serve_result  # torch
+
+    payload = run_serve_bench(
+        backbone_name=args.backbone, tasks=args.tasks, concurrency=args.concurrency, duration=args.duration,
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+        hotload_puts=args.hotload_puts, rounds=args.rounds,
+    )
+    return serve_result(payload, args.backbone, args.concurrency)
+
+
+# -- soak -----------------------------------------------------------------------------------------------------
+
+def _soak_args(b: argparse.ArgumentParser) -> None:
+    from bench.soak_config import SoakConfig
+
+    d = SoakConfig()
+    b.add_argument("--backbone", default=d.backbone)
+    b.add_argument("--weights", default=d.weights, help="backbone weights for the server and the tuners (default %(default)s)")
+    b.add_argument("--duration", type=float, default=d.duration, help="measured seconds of load (default %(default)s)")
+    b.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load before measuring (default %(default)s)")
+    b.add_argument("--rate", type=float, default=d.rate, help="operations per second, fixed (default %(default)s)")
+    b.add_argument("--write-fraction", type=float, default=d.write_fraction,
+                   help="share of operations that are uploads or deletes (default %(default)s)")
+    b.add_argument("--tasks", type=int, default=d.tasks, help="stable tuners (default %(default)s)")
+    b.add_argument("--churn", type=int, default=d.churn, help="tuners uploaded and deleted in turn (default %(default)s)")
+    b.add_argument("--images", type=int, default=d.images, help="distinct images in the pool (default %(default)s)")
+    b.add_argument("--image-size", type=int, default=d.image_size)
+    b.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
+    b.add_argument("--sample-interval", type=float, default=d.sample_interval, help="RSS sampling period in seconds")
+    b.add_argument("--rss-tolerance-mb", type=float, default=d.rss_tolerance_mb,
+                   help="allowed rise of the RSS peak, second half vs first half of the run (default %(default)s MiB)")
+    b.add_argument("--store", default=None,
+                   help="a scratch store URL (file:// or redis://) the server uses; default: a fresh local store")
+    b.add_argument("--server-arg", dest="server_args", action="append", default=[],
+                   help="extra `restune serve` flag, repeatable (e.g. --server-arg=--feature-cache-mb=0)")
+    b.add_argument("--seed", type=int, default=d.seed)
+
+
+def _soak(args):
+    from bench.soak import run_soak, soak_result  # torch
+    from bench.soak_config import SoakConfig
+
+    if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or not 0 <= args.write_fraction <= 1:
+        raise ConfigError("soak needs --duration > 0, --warmup >= 0, --rate > 0 and 0 <= --write-fraction <= 1")
+    if args.tasks < 1 or args.churn < 1 or args.images < 1:
+        raise ConfigError("soak needs at least one stable tuner, one churn tuner and one image")
+    cfg = SoakConfig(
+        backbone=args.backbone, weights=args.weights, duration=args.duration, warmup=args.warmup, rate=args.rate,
+        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, images=args.images,
+        image_size=args.image_size, max_in_flight=args.max_in_flight, sample_interval=args.sample_interval,
+        rss_tolerance_mb=args.rss_tolerance_mb, store=args.store, server_args=list(args.server_args), seed=args.seed,
+    )
+    return soak_result(run_soak(cfg), cfg)
+
+
+# -- generate -------------------------------------------------------------------------------------------------
+
+def _generate_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--diffusion-model", default="tiny-random", help="'tiny-random' or a diffusers directory")
+    b.add_argument("--styles", type=int, default=10, help="number of styles S (default 10)")
+    b.add_argument("--prompts", type=int, default=2, help="number of prompts P (default 2)")
+    b.add_argument("--steps", type=int, default=None, help="default: 10 for tiny-random, 50 for a real model")
+    b.add_argument("--guidance-scale", type=float, default=3.0)
+    b.add_argument("--height", type=int, default=None)
+    b.add_argument("--width", type=int, default=None)
+    b.add_argument("--tuners", choices=("trained", "random"), default=None,
+                   help="style tuners: quick-trained here (default for tiny-random) or random non-zero")
+    b.add_argument("--train-steps", type=int, default=60, help="steps per quick-trained style (lr 1e-3)")
+    b.add_argument("--store", default=None, help="use this store's diffusion tuners instead")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default=None)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _generate(args):
+    from bench.generate import generate_result, run_generate_bench  # torch, diffusers
+
+    payload, grid = run_generate_bench(
+        model=args.diffusion_model, styles=args.styles, prompts=args.prompts, steps=args.steps,
+        guidance_scale=args.guidance_scale, height=args.height, width=args.width, device=args.device,
+        dtype=args.dtype, tuners=args.tuners, train_steps=args.train_steps, store=args.store,
+        repeats=args.repeats, warmup=args.warmup, seed=args.seed, progress=not args.no_progress,
+        threads=args.threads,
+    )
+    return generate_result(payload, grid, args.device)
+
+
+# -- wiring ---------------------------------------------------------------------------------------------------
+
+def _known(values: list[str], known) -> None:
+    bad = [v for v in values if v not in known]
+    if bad or not values:
+        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(known)}")
+
+
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("multitask", "engine vs one backbone forward vs naive heads vs T models", _multitask_args, _multitask),
+    Benchmark("accuracy", "digits: bypass vs linear probing vs full fine-tuning (test split)", _accuracy_args,
+              _accuracy),
+    Benchmark("train-memory", "peak memory + step time: full FT, Res-Tuning, bypass, cached", _train_memory_args,
+              _train_memory),
+    Benchmark("serve", "a real server on loopback under concurrent clients vs the raw engine", _serve_args, _serve),
+    Benchmark("soak", "a real server under a steady mixed classify/upload/delete load: errors and memory over time",
+              _soak_args, _soak),
+    Benchmark("generate", "S styles x P prompts in one pass vs S sequential runs", _generate_args, _generate),
+)
+
+
+def register(groups) -> None:
+    for bench in BENCHMARKS:
+        p = groups.bench.add_parser(bench.name, help=bench.help)
+        bench.arguments(p)
+        _common(p)
+        p.set_defaults(handler=_handler(bench))
+
+
+def _handler(bench: Benchmark):
+    def handle(args) -> int:
+        from bench.results import emit
+
+        return emit(bench.run(args), out_dir=args.out_dir, save=not args.no_save, as_json=args.json)
+
+    return handle
+

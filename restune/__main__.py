@@ -1,0 +1,6 @@
+"""`python -m restune …` is the `restune` command."""
+import sys
+
+from restune.cli import main
+
+sys.exit(main())
