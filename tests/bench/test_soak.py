@@ -1,6 +1,6 @@
 """`restune bench soak`: short runs against a real server, for the report's shape and its verdicts.
 
-The real soak (600 s) is a benchmark, run by hand on a quiet machine (README, "Soak"); these runs check
+The real soak (600 s) is a benchmark, run by hand on a quiet machine (docs/benchmarks.md, "Soak"); these runs check
 that the command measures what it says and that it fails when the server misbehaves.
 """
 from __future__ import annotations
