@@ -47,12 +47,12 @@ import pytest
 from tests.docs.doc_blocks import REPO, Problems, doc_pages, read_blocks, rel, restune_commands
 
 # -- where the CLI lives: the only place that names its module -------------------------------------------------------
-CLI_MODULE = "clients.cli"
+CLI_MODULE = "restune"
 
 
 def restune_parser():
     """The real `restune` argument parser."""
-    from clients.cli import build_parser
+    from restune.cli import build_parser
 
     return build_parser()
 
