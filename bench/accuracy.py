@@ -16,6 +16,13 @@ import logging
 import tempfile
 import time
 
+from bench.common import machine_info
+from restuning.backbones import create_backbone
+from training import demo_tasks
+from training.data import make_splits
+from training.methods import MethodSpec, build_model
+from training.trainer import Trainer, TrainSettings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LRS = {"linear": (0.2, 0.1, 0.05, 0.01), "bypass": (0.05, 0.01, 0.005), "full": (3e-4, 1e-4)}
@@ -28,13 +35,6 @@ def run_digits_accuracy(*, backbone: str = "vit_tiny_patch16_224", weights: str 
                         methods=METHODS, lrs: dict | None = None, augment: bool = False, device: str = "cpu",
                         cache_dir: str | None = None, task: str = "digits", val_fraction: float = 0.1,
                         sizes: dict | None = None, progress: bool = True) -> dict:
-    from restuning.backbones import create_backbone
-    from bench.common import machine_info
-    from training import demo_tasks
-    from training.data import make_splits
-    from training.methods import MethodSpec, build_model
-    from training.trainer import Trainer, TrainSettings
-
     lrs = {**DEFAULT_LRS, **(lrs or {})}
     net = create_backbone(backbone, weights=weights, device=device)
     sizes = sizes or {}  # tests shrink the splits; the benchmark uses all of them

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.results import BenchResult, emit
+from bench.soak_config import SoakConfig
 from restuning.cli_types import comma_list, positive_int, positive_list
 from restuning.errors import ConfigError
 
@@ -50,7 +52,11 @@ def _multitask_args(b: argparse.ArgumentParser) -> None:
 
 
 def _multitask(args):
-    from bench.multitask import METHODS, multitask_result, run_multitask_bench  # torch: see the module docstring
+    from bench.multitask import (  # torch: see the module docstring (and below)
+        METHODS,
+        multitask_result,
+        run_multitask_bench,
+    )
     from restuning.devices import resolve_device, resolve_dtype
 
     bad = [p for p in args.pooling if p not in ("token", "avg")] + [m for m in args.methods if m not in METHODS]
@@ -88,9 +94,8 @@ def _accuracy_args(a: argparse.ArgumentParser) -> None:
 
 
 def _accuracy(args):
-    from bench.accuracy import METHODS, format_accuracy, run_digits_accuracy  # torch
+    from bench.accuracy import METHODS, format_accuracy, run_digits_accuracy  # torch: see the module docstring
     from bench.common import device_slug
-    from bench.results import BenchResult
     from training.distributed import resolve_device
 
     _known(args.methods, METHODS)
@@ -131,9 +136,8 @@ def _train_memory(args):
         return diffusion_train_memory(model=args.diffusion_model, device=args.device,
                                       batch_size=args.diffusion_batch_size, resolution=args.diffusion_resolution,
                                       steps=args.diffusion_steps, threads=args.threads)
-    from bench.common import device_slug
-    from bench.results import BenchResult
-    from bench.train_memory import METHODS, format_report, run_train_memory  # torch
+    from bench.common import device_slug  # torch: see the module docstring
+    from bench.train_memory import METHODS, format_report, run_train_memory
     from training.distributed import resolve_device
 
     _known(args.methods, METHODS)
@@ -159,7 +163,7 @@ def _serve_args(b: argparse.ArgumentParser) -> None:
 
 
 def _serve(args):
-    from bench.serve import run_serve_bench, serve_result  # torch
+    from bench.serve import run_serve_bench, serve_result  # torch: see the module docstring
 
     payload = run_serve_bench(
         backbone_name=args.backbone, tasks=args.tasks, concurrency=args.concurrency, duration=args.duration,
@@ -172,8 +176,6 @@ def _serve(args):
 # -- soak -----------------------------------------------------------------------------------------------------
 
 def _soak_args(b: argparse.ArgumentParser) -> None:
-    from bench.soak_config import SoakConfig
-
     d = SoakConfig()
     b.add_argument("--backbone", default=d.backbone)
     b.add_argument("--weights", default=d.weights, help="backbone weights for the server and the tuners (default %(default)s)")
@@ -198,9 +200,7 @@ def _soak_args(b: argparse.ArgumentParser) -> None:
 
 
 def _soak(args):
-    from bench.soak import run_soak, soak_result  # torch
-    from bench.soak_config import SoakConfig
-
+    from bench.soak import run_soak, soak_result  # torch: see the module docstring
     if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or not 0 <= args.write_fraction <= 1:
         raise ConfigError("soak needs --duration > 0, --warmup >= 0, --rate > 0 and 0 <= --write-fraction <= 1")
     if args.tasks < 1 or args.churn < 1 or args.images < 1:
@@ -285,8 +285,6 @@ def register(groups) -> None:
 
 def _handler(bench: Benchmark):
     def handle(args) -> int:
-        from bench.results import emit
-
         return emit(bench.run(args), out_dir=args.out_dir, save=not args.no_save, as_json=args.json)
 
     return handle

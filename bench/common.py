@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+import timm
 import torch
+
 
 def cpu_model() -> str:
     try:
@@ -42,8 +44,6 @@ def device_slug(device: torch.device | str) -> str:
 
 
 def machine_info(device: torch.device | str) -> dict:
-    import timm
-
     return {
         "machine": {
             "platform": platform.platform(),

@@ -47,8 +47,6 @@ class _RssSampler:
     """Peak RSS of this process, sampled in a background thread (CPU memory has no allocator high-water mark)."""
 
     def __init__(self, interval: float = 0.002):
-        import psutil
-
         self._proc = psutil.Process()
         self.interval = interval
         self.peak = self._proc.memory_info().rss
@@ -125,8 +123,6 @@ def measure_method(method: str, options: dict) -> dict:
         run_steps()
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        import psutil
-
         before = psutil.Process().memory_info().rss
         with _RssSampler() as sampler:
             run_steps()

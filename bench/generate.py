@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,16 @@ import diffusers
 import numpy as np
 import torch
 import transformers
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from bench.common import device_slug, interleaved_medians, machine_info
 from bench.results import BenchResult
 from restuning.devices import resolve_device
 from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
 from restuning.errors import ConfigError
+from training.style import StyleTrainConfig, train_style
+from tuner_store.urls import open_store
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
@@ -59,8 +64,6 @@ def style_specs(count: int) -> list[StyleSpec]:
 
 def style_image(spec: StyleSpec, size: int, rng: torch.Generator):
     """One training image of a style: its colour in its texture, with a random phase so images vary."""
-    from PIL import Image
-
     y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     period = max(4, size // 8)
     phase = int(torch.randint(0, period, (1,), generator=rng))
@@ -105,10 +108,6 @@ def quick_trained_tuners(pipeline, specs: list[StyleSpec], *, steps: int, batch_
 
     lr defaults to 1e-3, ten times Table 11's, so that a few dozen steps visibly move the output.
     """
-    from tqdm.auto import tqdm
-
-    from training.style import StyleTrainConfig, train_style
-
     resolution = resolution or pipeline.default_size
     tuners, metrics = {}, {}
     with tempfile.TemporaryDirectory(prefix="restune-styles-") as tmp:
@@ -135,8 +134,6 @@ def random_tuner(pipeline, seed: int, scale: float = 0.02):
 
 def store_tuners(pipeline, url: str, count: int) -> dict:
     """The first `count` diffusion tuners (by name) in a store that were trained on this U-Net."""
-    from tuner_store.urls import open_store
-
     with open_store(url) as store:
         records = [r for r in store.latest().values()
                    if r.kind == "diffusion" and r.backbone_fingerprint == pipeline.fingerprint]
@@ -154,11 +151,6 @@ def image_grid(images, labels: list[str], caption: str | None = None, *, diff_ga
 
     Images under 128 px are enlarged with nearest-neighbour sampling (every pixel stays visible).
     """
-    import textwrap
-
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     w, h = images[0].size
     scale = max(1, 128 // max(w, h))
     w, h = w * scale, h * scale

@@ -155,7 +155,7 @@ def _engine_path(kernel_backend: str, device: str, dtype: torch.dtype) -> str:
 def plot_multitask(payload: dict, path: Path) -> Path:
     """Time vs number of tasks per method, one panel per (batch, pooling), like the paper's Fig. 4."""
     matplotlib.use("Agg")  # files only, never a window: selected before pyplot loads a GUI backend
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), or pyplot would pick a GUI backend
 
     panels = sorted({(r["batch"], r["pooling"]) for r in payload["results"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import signal
@@ -24,13 +25,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.common import device_slug, machine_info
 from bench.multitask import VTAB_CLASSES
 from bench.results import BenchResult
 from restuning.backbones import create_backbone
+from restuning.bypass import BypassConfig, build_bypass
+from restuning.engine import MultiTaskEngine
+from restuning.preprocess import ImagePreprocessor, load_image
+from tuner_store.artifact import build_bypass_from_artifact, classification_artifact
+from tuner_store.urls import open_store
 
 
 def free_port() -> int:
@@ -41,8 +49,6 @@ def free_port() -> int:
 
 def _jpeg_images(count: int, size: int, seed: int = 0) -> list[bytes]:
     """Distinct smooth images (JPEG) so decoding cost is realistic and no two requests share a cache key."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = []
@@ -59,10 +65,6 @@ def _jpeg_images(count: int, size: int, seed: int = 0) -> list[bytes]:
 
 
 def _fill_store(store_url: str, backbone, tasks: int) -> list[str]:
-    from restuning.bypass import BypassConfig, build_bypass
-    from tuner_store.artifact import classification_artifact
-    from tuner_store.urls import open_store
-
     store = open_store(store_url)
     names = []
     for i in range(tasks):
@@ -131,8 +133,6 @@ def _summarize_load(windows: list[dict]) -> dict:
 
 def _classify_request(host: str, port: int, image: bytes) -> bytes:
     """One complete HTTP/1.1 request, encoded once up front so the load generator costs almost no CPU."""
-    import json
-
     body = json.dumps({"image": base64.b64encode(image).decode(), "top_k": 1}).encode()
     head = (f"POST /v1/classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
@@ -159,8 +159,6 @@ async def _drive(url: str, images: list[bytes], concurrency: int, duration: floa
     The client shares the machine's cores with the server, so it is a minimal HTTP/1.1 writer/reader
     (like wrk) rather than a full client library; its own CPU use is reported as `client_cpu_cores`.
     """
-    import httpx
-
     host, port = url.removeprefix("http://").split(":")
     requests = [_classify_request(host, int(port), img) for img in images]
     latencies: list[float] = []
@@ -205,12 +203,6 @@ async def _drive(url: str, images: list[bytes], concurrency: int, duration: floa
 
 async def _hotload_latency(url: str, store_url: str, backbone, puts: int) -> dict:
     """Seconds from a store put (as a trainer would do it) until the server answers with the new version."""
-    import httpx
-
-    from restuning.bypass import BypassConfig, build_bypass
-    from tuner_store.artifact import classification_artifact
-    from tuner_store.urls import open_store
-
     store = open_store(store_url)
     samples = []
     async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
@@ -240,11 +232,6 @@ class _RawEngine:
     """The engine alone, in this process, on preprocessed distinct images: the server's ceiling."""
 
     def __init__(self, backbone, names: list[str], store_url: str, images: list[bytes]):
-        from restuning.engine import MultiTaskEngine
-        from restuning.preprocess import ImagePreprocessor, load_image
-        from tuner_store.artifact import build_bypass_from_artifact
-        from tuner_store.urls import open_store
-
         store = open_store(store_url)
         heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
         store.close()
@@ -350,8 +337,6 @@ def stop_server(proc: subprocess.Popen, timeout: float) -> None:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180.0) -> None:
-    import httpx
-
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         if proc.poll() is not None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import matplotlib
 import psutil
 
 from bench.common import device_slug, machine_info
@@ -38,6 +39,9 @@ from bench.results import BenchResult
 from bench.serve import _jpeg_images, _wait_ready, free_port, stop_server
 from bench.soak_config import SoakConfig
 from restuning.backbones import create_backbone
+from restuning.bypass import BypassConfig, build_bypass
+from tuner_store.artifact import classification_artifact, encode_artifact
+from tuner_store.urls import open_store
 
 CLASSIFY, UPLOAD, DELETE = "classify", "upload", "delete"
 
@@ -66,9 +70,6 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def _artifacts(backbone, names: list[str], seeds: list[int], num_classes: int = 5) -> dict[tuple[str, int], bytes]:
-    from restuning.bypass import BypassConfig, build_bypass
-    from tuner_store.artifact import classification_artifact, encode_artifact
-
     out = {}
     for name in names:
         for seed in seeds:
@@ -101,8 +102,6 @@ class _Churn:
 
 async def _drive(url: str, token: str, cfg: SoakConfig, bodies: list[dict], stable: list[str], churn: _Churn,
                  stats: _Stats, stop_at: float, t0: float) -> dict:
-    import httpx
-
     rng = random.Random(cfg.seed)
     auth = {"Authorization": f"Bearer {token}"}
     gate = asyncio.Semaphore(cfg.max_in_flight)
@@ -191,9 +190,6 @@ async def _sample_rss(pid: int, url: str, interval: float, stop: asyncio.Event, 
     The feature cache fills up to --feature-cache-mb early in a run; its bytes beside RSS tell that growth
     apart from a leak.
     """
-    import httpx
-    import psutil
-
     proc = psutil.Process(pid)
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
         while not stop.is_set():
@@ -253,13 +249,9 @@ def _memory_verdict(samples: list[dict], warmup: float, tolerance_mb: float) -> 
 
 
 def _plot(samples: list[dict], warmup: float, path: Path, title: str) -> Path | None:
-    try:
-        import matplotlib
+    matplotlib.use("Agg")  # files only, never a window: selected before pyplot loads a GUI backend
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"), or pyplot would pick a GUI backend
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot([s["t_s"] for s in samples], [s["rss_mb"] for s in samples], lw=1.2, label="server RSS")
     cached = [(s["t_s"], s["feature_cache_mb"]) for s in samples if s.get("feature_cache_mb") is not None]
@@ -277,16 +269,12 @@ def _plot(samples: list[dict], warmup: float, path: Path, title: str) -> Path | 
 
 
 def _served_tuners(url: str) -> set[str]:
-    import httpx
-
     r = httpx.get(f"{url}/v1/tuners", timeout=30)
     r.raise_for_status()
     return {t["name"] for t in r.json()["tuners"] if t["serving"]}
 
 
 def run_soak(cfg: SoakConfig) -> dict:
-    from tuner_store.urls import open_store
-
     backbone = create_backbone(cfg.backbone, weights=cfg.weights)
     images = _jpeg_images(cfg.images, cfg.image_size, seed=cfg.seed)
     bodies = [{"image": base64.b64encode(img).decode(), "top_k": 3} for img in images]
@@ -341,8 +329,6 @@ def run_soak(cfg: SoakConfig) -> dict:
                 while served != expected and time.monotonic() < deadline:
                     time.sleep(0.1)
                     served = _served_tuners(url)
-                import httpx
-
                 metrics_text = httpx.get(f"{url}/metrics", timeout=30).text
             finally:
                 stop_server(proc, timeout=30)

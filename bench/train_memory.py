@@ -26,10 +26,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
+
+import psutil
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from bench.common import machine_info
+from restuning.backbones import create_backbone
+from training.feature_cache import select_tokens
+from training.methods import MethodSpec, build_model, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +64,17 @@ def _peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
 
 
 def _current_rss_bytes() -> int:
-    import psutil
-
     return int(psutil.Process().memory_info().rss)
 
 
 def worker(options: dict) -> dict:
     """Measure one method in this (fresh) process."""
-    import torch
-    from torch.nn import functional as F
-
-    from restuning.backbones import create_backbone
-    from training.feature_cache import select_tokens
-    from training.methods import MethodSpec, build_model, trainable_parameters
-
     method = options["method"]
     if options.get("threads"):
         torch.set_num_threads(int(options["threads"]))
@@ -160,10 +161,6 @@ def run_train_memory(*, backbone: str = "vit_base_patch16_224", batch_size: int 
                      methods=DEFAULT_METHODS, steps: int | None = None, warmup: int | None = None,
                      num_classes: int = 100, dim: int = 10, pooling: str | None = None, threads: int | None = None,
                      timeout: float | None = None, progress: bool = True) -> dict:
-    from tqdm.auto import tqdm
-
-    from bench.common import machine_info
-
     cuda = device.startswith("cuda")
     options = {"backbone": backbone, "batch_size": batch_size, "device": device, "num_classes": num_classes,
                "dim": dim, "pooling": pooling, "threads": threads,

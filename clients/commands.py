@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 
+from clients.client import DEFAULT_SERVER_URL, RestuneClient
+
 
 def default_server() -> str:
-    from clients.client import DEFAULT_SERVER_URL
-
     return os.environ.get("RESTUNE_SERVER", DEFAULT_SERVER_URL)
 
 
@@ -22,8 +22,6 @@ def register(groups) -> None:
 
 
 def _classify(args) -> int:
-    from clients.client import RestuneClient
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     with RestuneClient(args.server or default_server()) as client:
         response = client.classify(args.image, tasks=tasks, top_k=args.top_k)

@@ -7,6 +7,12 @@ import os
 import re
 from pathlib import Path
 
+from clients.client import RestuneClient
+from restuning.errors import ConfigError
+from tuner_store.artifact import read_artifact
+from tuner_store.errors import NotFoundError
+from tuner_store.urls import DEFAULT_STORE_URL, open_store
+
 
 def _csv(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -52,18 +58,12 @@ def image_filename(index: int, prompt: str, style: str, seed: int) -> str:
 
 def _load_style_tuners(pipeline, styles: list[str], store_url: str | None, files: list[str]) -> dict:
     """The requested styles' tuners: from artifact files first, then from the store."""
-    from restuning.errors import ConfigError
-    from tuner_store.artifact import read_artifact
-
     tuners = {}
     for path in files:
         artifact = read_artifact(path, backbone_fingerprint=pipeline.fingerprint, backbone_name=pipeline.name)
         tuners[artifact.name] = pipeline.tuner_from_artifact(artifact)
     wanted = [s for s in dict.fromkeys(styles) if s != "base" and s not in tuners]
     if wanted:
-        from tuner_store.urls import DEFAULT_STORE_URL, open_store
-        from tuner_store.errors import NotFoundError
-
         url = store_url or os.environ.get("RESTUNE_STORE", DEFAULT_STORE_URL)
         missing = []
         with open_store(url) as store:
@@ -84,8 +84,6 @@ def _generate(args) -> int:
                "height": args.height, "width": args.width, "sampler": args.sampler}
     saved = []
     if args.server:
-        from clients.client import RestuneClient
-
         with RestuneClient(args.server) as client:
             response = client.generate(list(args.prompts), list(args.styles), **options)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +93,7 @@ def _generate(args) -> int:
             saved.append({"prompt": item["prompt"], "style": item["style"], "seed": item["seed"], "path": str(path)})
         timings = response.get("timings_ms", {})
     else:
-        from restuning.diffusion.pipeline import StylePipeline
+        from restuning.diffusion.pipeline import StylePipeline  # diffusers: the diffusion extra
 
         pipeline = StylePipeline.load(args.diffusion_model, device=args.device, dtype=args.dtype)
         # Check the request before loading tuners, so a bad size or step count fails fast.

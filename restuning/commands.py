@@ -31,12 +31,12 @@ def register(groups) -> None:
 
 def _describe(args) -> int:
     if args.diffusion:
-        from restuning.diffusion.describe import describe_diffusion
+        from restuning.diffusion.describe import describe_diffusion  # diffusers: the diffusion extra
 
         result = describe_diffusion(args.diffusion)
         print(json.dumps(result, indent=None if args.json else 2))
         return 0
-    from restuning.describe import describe
+    from restuning.describe import describe  # torch + timm: the command line builds without them
 
     result = describe(
         args.backbone, method=args.method, horizontal=args.horizontal, vertical=args.vertical, dim=args.dim,

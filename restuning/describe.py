@@ -1,10 +1,11 @@
 """Parameter accounting for `restune describe`, without loading pretrained weights."""
 from __future__ import annotations
 
-from restuning.backbones import describe_backbone
+from restuning.backbones import describe_backbone, meta_backbone
 from restuning.bypass import BypassConfig, build_bypass
 from restuning.errors import ConfigError, choices
 from restuning.layers import format_layers
+from restuning.res_tuning import ResTuningConfig, ResTuningViT
 
 METHODS = ("bypass", "restuning", "linear", "full")
 
@@ -45,9 +46,6 @@ def describe(
         out.update(config=config.to_json(), layers=format_layers(config.layers), breakdown=breakdown,
                    trainable_params=model.num_trainable())
     elif method == "restuning":
-        from restuning.backbones import meta_backbone
-        from restuning.res_tuning import ResTuningConfig, ResTuningViT
-
         structure = meta_backbone(backbone)
         config = ResTuningConfig.create(structure, num_classes=num_classes, mha=mha, ffn=ffn, block=block,
                                         dim=dim, layers=layers, pooling=pooling)

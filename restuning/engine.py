@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from restuning import kernels
 from restuning.backbones.base import Backbone
 from restuning.bypass import ResTuningBypass
 from restuning.errors import ConfigError, InputError
-from restuning import kernels
 from restuning.kernels.weights import ACTIVATION_OF_TYPE, GroupWeights
 
 

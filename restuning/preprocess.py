@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from restuning.backbones.base import BackboneInfo
 from restuning.errors import InputError
@@ -23,8 +24,6 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Decode a PNG, JPEG, WebP, GIF, BMP or TIFF image into RGB, refusing other formats, bombs and garbage."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -64,8 +63,6 @@ class ImagePreprocessor:
 
     def to_uint8(self, image) -> torch.Tensor:
         """RGB image -> resized uint8 pixels [3, H', W']."""
-        from PIL import Image
-
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
                 raise InputError(f"expected a uint8 image array [H, W] or [H, W, 3], got {image.dtype} {image.shape}")

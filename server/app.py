@@ -15,10 +15,16 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
+from restuning.errors import InputError
+from restuning.preprocess import load_image
+from restuning.torch_threads import helper_executor
 from server.auth import require_admin
 from server.batcher import QueueFullError
+from server.feature_cache import content_key
+from server.generation import GenerationBusyError
 from server.http_errors import APIError, install_error_handlers
 from server.runner import ClassifyRequest, NoTunersError, UnknownTasksError
 from server.schemas import (
@@ -36,7 +42,8 @@ from server.schemas import (
 )
 from server.settings import ServerSettings
 from server.state import ServerState
-from restuning.torch_threads import helper_executor
+from tuner_store.artifact import decode_artifact
+from tuner_store.errors import ArtifactError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +179,6 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     app.state.restune = state
     install_error_handlers(app)
     if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     image_limit = int(settings.max_image_mb * 1024 * 1024)
@@ -187,10 +192,6 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     # -- classify ------------------------------------------------------------------------------
 
     async def decode_pixels(data: bytes):
-        from restuning.errors import InputError
-        from restuning.preprocess import load_image
-        from server.feature_cache import content_key
-
         if len(data) > image_limit:
             raise APIError(413, f"the image is {len(data)} bytes; the limit is {image_limit}")
 
@@ -283,8 +284,7 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS,
               summary="Generate images for every prompt x style pair in one batched pass")
     async def generate(payload: GenerateRequest):
-        from restuning.diffusion.pipeline import BASE_STYLE, GenerationInputError
-        from server.generation import GenerationBusyError
+        from restuning.diffusion.pipeline import BASE_STYLE, GenerationInputError  # diffusers: the diffusion extra
 
         if state.generator is None:
             raise APIError(404, "image generation is not enabled on this server; start it with --diffusion-model")
@@ -321,9 +321,6 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
         return message
 
     def store_call(fn, *args):
-        from tuner_store.errors import (ArtifactError, ConflictError, NotFoundError, StoreError,
-                                        StoreUnavailableError)
-
         async def call():
             try:
                 return await asyncio.to_thread(fn, *args)
@@ -382,9 +379,6 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     @app.post("/v1/tuners", status_code=201, response_model=PutResponse, responses=ERRORS, openapi_extra=UPLOAD_BODY,
               summary="Upload a tuner artifact (one .safetensors file); it hot-loads on every replica")
     async def put_tuner(request: Request):
-        from tuner_store.artifact import decode_artifact
-        from tuner_store.errors import ArtifactError
-
         require_admin(request, settings.admin_token)
         kind = media_type(request)
         if kind == "application/octet-stream":

@@ -5,6 +5,11 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
+from restuning.errors import ConfigError
+from server.settings import ServerSettings
+
 log = logging.getLogger(__name__)
 
 # flag -> (type, help); each is also RESTUNE_<NAME> in the environment
@@ -40,11 +45,6 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args):
-    from pydantic import ValidationError
-
-    from restuning.errors import ConfigError
-    from server.settings import ServerSettings
-
     given = {k: v for k, v in vars(args).items() if k in {*SERVE_FLAGS, "cors_origins", "demo_if_empty"} and v is not None}
     try:
         return ServerSettings(**given)
@@ -67,9 +67,9 @@ def register(groups, *, before: Callable[[object], None] | None = None,
 
 def serve(settings, *, before: Callable[[object], None] | None = None, hints: Sequence[str] = ()) -> int:
     """Run the server until it is stopped; `before(settings)` runs first (the command line seeds a demo store)."""
-    import uvicorn
+    import uvicorn  # the server extra: the command line builds without it
 
-    from server.app import create_app
+    from server.app import create_app  # torch + FastAPI (server extra)
 
     if before is not None:
         before(settings)

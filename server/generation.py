@@ -10,6 +10,8 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from restuning.torch_threads import DEFAULT_TORCH_THREADS, intra_op
+
 log = logging.getLogger(__name__)
 
 
@@ -19,8 +21,6 @@ class GenerationBusyError(Exception):
 
 class GenerationService:
     def __init__(self, pipeline, *, max_waiting: int = 4, threads: int | None = None):
-        from restuning.torch_threads import DEFAULT_TORCH_THREADS, intra_op
-
         self.pipeline = pipeline
         self.max_waiting = max_waiting
         # the U-Net is the heavy work: its thread gets the cores (a second OpenMP team; see torch_threads)
@@ -30,7 +30,7 @@ class GenerationService:
 
     @classmethod
     def load(cls, settings, device, dtype) -> "GenerationService":
-        from restuning.diffusion.pipeline import StylePipeline
+        from restuning.diffusion.pipeline import StylePipeline  # diffusers: the diffusion extra
 
         pipeline = StylePipeline.load(settings.diffusion_model, device=device, dtype=dtype)
         log.info("diffusion model %s (U-Net fingerprint %s…) on %s", pipeline.name, pipeline.fingerprint[:12], device)

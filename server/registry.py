@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from restuning.backbones.base import Backbone
 from restuning.bypass import ResTuningBypass
 from restuning.engine import MultiTaskEngine
+from tuner_store.artifact import build_bypass_from_artifact, decode_artifact
+from tuner_store.errors import NotFoundError, StoreResetError
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,6 @@ class TunerRegistry:
 
     def _load(self, name: str, version: int) -> LoadedTuner | None:
         """Fetch, validate and build one tuner version; None (and a logged reason) when it cannot serve here."""
-        from tuner_store.artifact import build_bypass_from_artifact, decode_artifact
-
         data = self.store.get_bytes(name, version)
         header_kind = None
         try:
@@ -152,7 +152,6 @@ class TunerRegistry:
             current = self._snapshot
             classifiers = dict(current.classifiers)
             diffusion = dict(current.diffusion)
-            from tuner_store.errors import NotFoundError
 
             try:
                 record = self.store.record(name, "latest")
@@ -175,8 +174,6 @@ class TunerRegistry:
 
     async def watch_forever(self, *, retry_seconds: float = 1.0) -> None:
         """Apply every store change in order; reconnect from the last revision after an outage."""
-        from tuner_store.errors import StoreResetError
-
         while True:
             try:
                 async for event in self.store.watch(self._snapshot.revision):

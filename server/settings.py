@@ -62,15 +62,11 @@ class ServerSettings(BaseSettings):
         return self
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        from restuning.devices import resolve_device  # torch: the command line parses settings without it
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.device))
 
     def resolved_dtype(self):
-        import torch
+        from restuning.devices import resolve_dtype  # torch (see above)
 
-        if self.dtype == "auto":
-            return torch.float16 if self.resolved_device().startswith("cuda") else torch.float32
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]
+        return resolve_dtype(self.dtype, self.resolved_device())

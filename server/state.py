@@ -5,14 +5,19 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from restuning import kernels
+from restuning.backbones import create_backbone
 from restuning.backbones.base import Backbone
+from restuning.preprocess import ImagePreprocessor
+from restuning.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
 from server.batcher import DynamicBatcher
 from server.feature_cache import FeatureCache
+from server.generation import GenerationService
 from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
-from restuning.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
+from tuner_store.urls import open_store
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,6 @@ class ServerState:
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
-        from restuning import kernels
-        from restuning.backbones import create_backbone
-        from restuning.preprocess import ImagePreprocessor
-        from tuner_store.urls import open_store
-
         s = self.settings
         device, dtype = s.resolved_device(), s.resolved_dtype()
         threads = s.torch_threads or DEFAULT_TORCH_THREADS
@@ -60,8 +60,6 @@ class ServerState:
         self.preprocessor = ImagePreprocessor(info)
         diffusion_loader = diffusion_fingerprint = None
         if s.diffusion_model:
-            from server.generation import GenerationService
-
             self.generator = await run_on_passing_thread(GenerationService.load, s, device, dtype, threads=threads)
             diffusion_loader = self.generator.load_tuner
             diffusion_fingerprint = self.generator.fingerprint

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from restuning.preprocess import ImagePreprocessor
 from training.data import ImageSet
@@ -68,8 +69,6 @@ class Augmentation:
         return left, top, w, h, flip
 
     def __call__(self, image, index: int, view: int):
-        from PIL import Image
-
         left, top, w, h, flip = self.params(image.width, image.height, index, view)
         if (left, top, w, h) != (0, 0, image.width, image.height):
             image = image.crop((left, top, left + w, top + h))

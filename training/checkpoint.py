@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 from training.errors import CheckpointError
 
@@ -61,8 +63,6 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_checkpoint(directory: str | Path, *, model_state: dict[str, torch.Tensor], optimizer, scheduler,
                     epoch: int, global_step: int, history: list, identity: dict) -> Path:
-    from safetensors.torch import save
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
@@ -82,9 +82,6 @@ def save_checkpoint(directory: str | Path, *, model_state: dict[str, torch.Tenso
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(state JSON, tensors) of a checkpoint directory (or its checkpoint.json); CheckpointError if unusable."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     directory = path.parent if path.name in (STATE, TENSORS) else path
     state_path, tensor_path = directory / STATE, directory / TENSORS

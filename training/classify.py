@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import save
+
+from restuning.backbones import create_backbone
 from restuning.errors import ConfigError
-from training.data import ImageSet, Splits, make_splits, resolve_data, sanitize_name
+from training.data import ImageSet, Splits, make_splits, sanitize_name
 from training.distributed import DistInfo, init_distributed, resolve_device
 from training.methods import SERVABLE_METHODS, MethodSpec, build_model, trainable_state
-from training.trainer import TrainResult, Trainer, TrainSettings, majority_rate
+from training.push import check_target, push_artifact
+from training.sources import resolve_data
+from training.trainer import Trainer, TrainResult, TrainSettings, majority_rate
+from tuner_store.artifact import classification_artifact, name_problems, write_artifact
+from tuner_store.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,6 @@ class ClassifyOptions:
     builtin_sizes: dict | None = None  # built-in tasks: {"train": n, "test": n}
 
     def problems(self) -> list[str]:
-        from tuner_store.artifact import name_problems
-
         problems = self.spec.problems() + self.train.problems()
         if self.spec.method != self.train.method:
             problems.append(f"method mismatch: spec {self.spec.method!r} vs settings {self.train.method!r}")
@@ -77,7 +83,6 @@ def _check_output(path: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"--out {path}: {existing} is not a directory")
-    import os
 
     if not os.access(existing, os.W_OK):
         raise ConfigError(f"--out {path}: cannot write into {existing}")
@@ -111,10 +116,6 @@ def metrics_for(task: str, result: TrainResult, splits: Splits, pool: ImageSet, 
 def write_baseline(path: Path, model, *, name: str, labels: list[str], backbone, opts: ClassifyOptions,
                    metrics: dict) -> Path:
     """full / restuning weights: a plain safetensors file (trained tensors + JSON metadata), not a tuner artifact."""
-    from safetensors.torch import save
-
-    from tuner_store.fsutil import atomic_write_bytes
-
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainable_state(model).items()}
     meta = {"name": name, "method": opts.spec.method, "structure": opts.spec.to_json(), "labels": labels,
             "backbone": {"name": backbone.info.name, "fingerprint": backbone.fingerprint(),
@@ -127,9 +128,6 @@ def write_baseline(path: Path, model, *, name: str, labels: list[str], backbone,
 
 
 def train_classify(opts: ClassifyOptions, *, dist: DistInfo | None = None) -> ClassifyResult:
-    from restuning.backbones import create_backbone
-    from training.push import check_target, push_artifact
-
     problems = opts.problems()
     if problems:
         raise ConfigError(problems)
@@ -161,8 +159,6 @@ def train_classify(opts: ClassifyOptions, *, dist: DistInfo | None = None) -> Cl
     pushed = None
     if dist.is_main:
         if servable:
-            from tuner_store.artifact import classification_artifact, write_artifact
-
             head = model.head(task.name).to("cpu")
             artifact = classification_artifact(name, head, list(task.labels), backbone, metrics)
             write_artifact(artifact, out)

@@ -1,6 +1,7 @@
 """`restune train classify` and `restune demo`.
 
-Handlers import torch and friends lazily so `restune --help` stays fast.
+The command line is built without torch (installs with only the client extra have none), so each handler
+imports the training modules it runs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from restuning.cli_types import positive_int
 from restuning.commands import add_tuner_structure_args
+from restuning.errors import ConfigError
+from tuner_store.urls import open_store
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,7 @@ def _workers(args, device: str) -> int:
 
 
 def _train_classify(args) -> int:
-    from restuning.errors import ConfigError
-    from training.classify import ClassifyOptions, summary_lines, train_classify
+    from training.classify import ClassifyOptions, summary_lines, train_classify  # torch: see the module docstring
     from training.data import sanitize_name
     from training.distributed import resolve_device
     from training.methods import MethodSpec
@@ -142,7 +144,7 @@ def _train_classify(args) -> int:
 
 
 def _demo(args) -> int:
-    from training.demo import DemoSizes, format_table, run_demo_report
+    from training.demo import DemoSizes, format_table, run_demo_report  # torch: see the module docstring
     from training.distributed import resolve_device
 
     device = resolve_device(args.device)
@@ -168,8 +170,7 @@ def seed_demo_store(settings) -> None:
     if not settings.demo_if_empty:
         return
     from restuning.torch_threads import DEFAULT_TORCH_THREADS, call_on_passing_thread  # torch (model extra)
-    from training.demo import run_demo
-    from tuner_store.urls import open_store
+    from training.demo import run_demo  # torch (model extra)
 
     with open_store(settings.store) as store:
         if store.latest():

@@ -1,6 +1,6 @@
 """Training data: an image folder, a CSV file or a built-in task, scanned once and split deterministically.
 
-Sources (`--data SPEC`):
+Sources (`--data SPEC`, resolved by `training.sources`):
 - an ImageFolder-style directory: one sub-folder per class (`root/cat/*.jpg`, `root/dog/*.png`), searched
   recursively; the class names are the sub-folder names;
 - a CSV file with a header and the columns `path,label` (other columns are ignored); relative paths
@@ -23,7 +23,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
+from restuning.errors import InputError
+from restuning.preprocess import load_image
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -90,11 +94,6 @@ class ImageSet:
 
     def load(self, index: int):
         """Image `index` as an RGB PIL image."""
-        from PIL import Image
-
-        from restuning.errors import InputError
-        from restuning.preprocess import load_image
-
         if self.arrays is not None:
             return Image.fromarray(self.arrays[index]).convert("RGB")
         path = self.paths[index]
@@ -163,9 +162,6 @@ def _label_order(names) -> list[str]:
 
 def _check_file(path: Path) -> tuple[str | None, str | None]:
     """(sha256 of the bytes, None) for a decodable image, else (None, reason)."""
-    from restuning.errors import InputError
-    from restuning.preprocess import load_image
-
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -180,8 +176,6 @@ def _check_file(path: Path) -> tuple[str | None, str | None]:
 
 
 def _scan(paths: list[Path], workers: int, progress: bool, what: str) -> list[tuple[str | None, str | None]]:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(paths), desc=f"scanning {what}", unit="img", disable=not progress or len(paths) < 200,
                leave=False)
     results = []
@@ -311,36 +305,6 @@ def scan_csv(path: str | Path, *, workers: int = 4, progress: bool = False) -> I
     if problems:
         raise DataError(problems)
     return data
-
-
-def resolve_data(spec: str, *, seed: int = 0, workers: int = 4, progress: bool = False,
-                 builtin_sizes: dict | None = None) -> tuple[ImageSet, ImageSet | None]:
-    """(train pool, fixed test split or None) for a --data SPEC; see the module docstring."""
-    from training import demo_tasks
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise DataError("--data is empty; give an image folder, a CSV file (path,label) or a built-in task name")
-    forced = spec.startswith(BUILTIN_PREFIX)
-    name = spec[len(BUILTIN_PREFIX):] if forced else spec
-    path = Path(spec)
-    if not forced and path.is_dir():
-        return scan_folder(path, workers=workers, progress=progress), None
-    if not forced and path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"--data {spec!r} is a file but not a CSV; give a folder, a .csv file or a task name")
-        return scan_csv(path, workers=workers, progress=progress), None
-    if name in demo_tasks.TASKS:
-        sizes = builtin_sizes or {}
-        train = demo_tasks.load_task(name, "train", seed=seed, size=sizes.get("train"))
-        test = demo_tasks.load_task(name, "test", seed=seed, size=sizes.get("test"))
-        return train, test
-    looks_like_path = forced is False and ("/" in spec or spec.endswith(".csv") or spec.startswith("."))
-    if looks_like_path:
-        raise DataError(f"--data {spec!r} does not exist (expected an image folder or a CSV file)")
-    raise DataError(
-        f"--data {spec!r} is not a directory, a CSV file or a built-in task; "
-        f"built-in tasks: {', '.join(demo_tasks.TASKS)}"
-    )
 
 
 def stratified_split(data: ImageSet, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

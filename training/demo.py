@@ -18,10 +18,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from restuning.backbones import DEFAULT_BACKBONE
+from restuning.backbones import DEFAULT_BACKBONE, create_backbone
 from training import demo_tasks
 from training.data import make_splits
-from training.trainer import majority_rate
+from training.distributed import resolve_device
+from training.methods import MethodSpec, build_model
+from training.trainer import Trainer, TrainSettings, majority_rate
+from tuner_store.artifact import classification_artifact
+from tuner_store.urls import DEFAULT_STORE_URL, open_store
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +73,6 @@ class DemoReport:
 def run_demo_report(store_url: str | None = None, *, backbone: str = DEFAULT_BACKBONE, weights: str = "auto",
                     seed: int = 0, progress: bool = True, sizes: DemoSizes | None = None,
                     device: str = "auto", workers: int = 0) -> DemoReport:
-    from restuning.backbones import create_backbone
-    from training.distributed import resolve_device
-    from training.methods import MethodSpec, build_model
-    from training.trainer import Trainer, TrainSettings
-    from tuner_store.artifact import classification_artifact
-    from tuner_store.urls import DEFAULT_STORE_URL, open_store
-
     start = time.perf_counter()
     sizes = sizes or DemoSizes()
     store_url = store_url or DEFAULT_STORE_URL

@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from training.data import ImageSet, TaskInfo
 from training.errors import DataError
@@ -70,7 +71,7 @@ def _bins(values: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _digits_pool() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: the training extra, for the digits tasks only
 
     digits = load_digits()
     # 0..16 ink intensity -> bright ink on a dark background, uint8
@@ -132,8 +133,6 @@ def _rotate(points: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def _render_sprites(split: str, seed: int, size: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from PIL import Image, ImageDraw
-
     n = size if size is not None else IMAGE_SETS["sprites"].default_train if split == "train" \
         else IMAGE_SETS["sprites"].default_test
     rng = np.random.default_rng([seed, 2, SPLITS.index(split)])
@@ -189,8 +188,6 @@ def _draw_clevr_object(draw, shape: str, color, cx: float, cy: float, r: float) 
 
 
 def _render_clevr(split: str, seed: int, size: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from PIL import Image, ImageDraw
-
     n = size if size is not None else IMAGE_SETS["clevr"].default_train if split == "train" \
         else IMAGE_SETS["clevr"].default_test
     rng = np.random.default_rng([seed, 3, SPLITS.index(split)])
@@ -266,8 +263,6 @@ def _piece_faces(piece: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _render_norb(split: str, seed: int, size: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from PIL import Image, ImageDraw
-
     n = size if size is not None else IMAGE_SETS["norb"].default_train if split == "train" \
         else IMAGE_SETS["norb"].default_test
     rng = np.random.default_rng([seed, 4, SPLITS.index(split)])
@@ -406,8 +401,6 @@ def sample_image_png() -> bytes:
 
     `python -m training.demo_tasks` rewrites training/assets/sample.png from it.
     """
-    from PIL import Image
-
     images, target = _digits_pool()
     index = int(_digits_split("test", 0)[np.flatnonzero(target[_digits_split("test", 0)] == 3)[0]])
     image = Image.fromarray(images[index]).resize((64, 64), Image.NEAREST).convert("RGB")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from restuning.backbones.base import Backbone
 from training.augment import ViewDataset
@@ -136,8 +137,6 @@ def build_feature_cache(
     desc: str = "features",
 ) -> FeatureCache:
     """Extract (or reuse from `directory`) the features of every image in every view."""
-    from tqdm.auto import tqdm
-
     n = len(dataset)
     shape = (n, len(layout.layers), layout.num_tokens, layout.embed_dim)
     positions = slice(*layout.positions)

@@ -14,6 +14,8 @@ Every image is captioned with one prompt, `prompt_template.format(style=NAME)`.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import logging
 import math
 import os
@@ -22,9 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from tqdm.auto import tqdm
 
 from restuning.errors import ConfigError, InputError, RestuneError, choices
+from tuner_store.artifact import TunerArtifact, name_problems, validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +63,6 @@ class StyleTrainConfig:
     conv_groups: int = 32
 
     def problems(self) -> list[str]:
-        from tuner_store.artifact import name_problems
-
         problems = []
         if not isinstance(self.style, str) or not self.style:
             problems.append("--style must be a non-empty name")
@@ -120,10 +125,6 @@ def folder_files(root: Path) -> list[Path]:
 
 def load_image_folder(folder: str | os.PathLike, resolution: int) -> ImageSet:
     """Every readable image under `folder` (recursively, hidden files skipped): Resize + CenterCrop to resolution."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import functional as TF
-    from torchvision.transforms import InterpolationMode
-
     root = Path(folder)
     candidates = folder_files(root)
     pixels, files, unreadable = [], [], []
@@ -157,9 +158,7 @@ class StyleTrainResult:
 
 def noise_scheduler(config: dict):
     """DDPM forward process with the model's own betas (what SD was trained with)."""
-    import inspect
-
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # diffusers: the diffusion extra
 
     params = inspect.signature(DDPMScheduler.__init__).parameters
     return DDPMScheduler(**{k: v for k, v in config.items() if k in params})
@@ -191,9 +190,7 @@ def fixed_noise_loss(pipeline, tuner, images: ImageSet, context: torch.Tensor, *
 
 def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = True) -> StyleTrainResult:
     """Train one style tuner; returns the tuner, its artifact (not yet pushed) and the metrics."""
-    from tqdm.auto import tqdm
-
-    from restuning.diffusion.pipeline import StylePipeline, resolve_device
+    from restuning.diffusion.pipeline import StylePipeline, resolve_device  # diffusers: the diffusion extra
 
     problems = config.problems()
     if problems:
@@ -288,10 +285,6 @@ def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = Tru
 
 def style_artifact(name: str, tuner, pipeline, metrics: dict, training: dict | None = None):
     """A validated tuner_store artifact of kind 'diffusion' for a trained style tuner."""
-    import json
-
-    from tuner_store.artifact import TunerArtifact, validate_artifact
-
     tuner_json = tuner.config.to_json()
     if training:
         tuner_json["training"] = json.loads(json.dumps(training))

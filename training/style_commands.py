@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+from training.push import push_artifact
+from tuner_store.artifact import write_artifact
+
 
 def register(groups) -> None:
     p = groups.train.add_parser(
@@ -36,9 +39,7 @@ def register(groups) -> None:
 
 
 def _train_style(args) -> int:
-    from training.push import push_artifact
-    from training.style import StyleTrainConfig, train_style
-    from tuner_store.artifact import write_artifact
+    from training.style import StyleTrainConfig, train_style  # torch + diffusers: the diffusion extra
 
     config = StyleTrainConfig(
         images=args.images, style=args.style, prompt_template=args.prompt_template,

@@ -22,11 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from restuning.backbones.base import Backbone
 from restuning.errors import ConfigError, choices
 from restuning.preprocess import ImagePreprocessor
 from training.augment import Augmentation, ViewDataset
+from training.checkpoint import load_checkpoint, restore, save_checkpoint
 from training.data import ImageSet, Splits
 from training.distributed import DistInfo
 from training.feature_cache import (
@@ -38,7 +41,14 @@ from training.feature_cache import (
     plan_views,
     select_tokens,
 )
-from training.methods import FEATURE_METHODS, METHODS, FeatureHeads, trainable_parameters, trainable_state
+from training.methods import (
+    FEATURE_METHODS,
+    METHODS,
+    FeatureHeads,
+    count_trainable,
+    trainable_parameters,
+    trainable_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +370,6 @@ class Trainer:
 
     def fit(self, *, stop_after_epoch: int | None = None) -> TrainResult:
         """Train all epochs (or stop after `stop_after_epoch` completed epochs, as an interruption would)."""
-        from tqdm.auto import tqdm
-
         s, dist = self.settings, self.dist
         torch.manual_seed(s.seed)
         start = time.perf_counter()
@@ -379,15 +387,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup))
         module = self.model
         if dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-
             module = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                              if self.device.type == "cuda" else None)
         history: list[dict] = []
         first_epoch = 0
         if s.resume:
-            from training.checkpoint import load_checkpoint, restore
-
             state, tensors = load_checkpoint(s.resume)
             restore(state, tensors, model=self.model, optimizer=optimizer, scheduler=scheduler,
                     identity=self.identity)
@@ -430,8 +434,6 @@ class Trainer:
                 if dist.is_main and s.log_epochs:
                     self._log_epoch(record)
                 if dist.is_main and s.checkpoint_dir:
-                    from training.checkpoint import save_checkpoint
-
                     save_checkpoint(s.checkpoint_dir, model_state=trainable_state(self.model), optimizer=optimizer,
                                     scheduler=scheduler, epoch=epoch + 1, global_step=(epoch + 1) * steps_per_epoch,
                                     history=history, identity=self.identity)
@@ -442,7 +444,6 @@ class Trainer:
         if self.caches:
             cache_info = {"views": self.cache_views, "bytes": sum(c.nbytes for c in self.caches.values()),
                           "layout": self._layout().to_json(), "directory": s.cache_dir}
-        from training.methods import count_trainable
 
         return TrainResult(tasks=self.tasks, metrics=metrics, history=history, epochs_completed=len(history),
                            seconds=time.perf_counter() - start, extraction_seconds=extraction, cache=cache_info,

@@ -29,10 +29,10 @@ from tuner_store.errors import ArtifactError
 from tuner_store.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # torch: see the note at the top
 
-# torch is imported inside the functions that touch tensors, so listing or deleting tuners
-# (`restune tuners list`, a Redis-backed record lookup) never pays for importing it.
+# torch, safetensors and restuning's model modules are imported inside the functions that touch tensors:
+# tuner_store installs without them (the client extra), and listing or deleting tuners never loads them.
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
@@ -82,7 +82,7 @@ def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
     the little-endian row-major bytes safetensors stores, so the hash of a decoded file equals
     the hash of the tensors that were encoded.
     """
-    import torch
+    import torch  # torch: see the note at the top
 
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -150,7 +150,7 @@ def _is_number(value: object) -> bool:
 
 def backbone_info_from_json(backbone: dict):
     """The BackboneInfo a classification artifact records; ConfigError listing every problem."""
-    from restuning.backbones.base import POOLINGS, BackboneInfo
+    from restuning.backbones.base import POOLINGS, BackboneInfo  # torch: see the note at the top
 
     problems = [f"backbone is missing {key!r}" for key in _BACKBONE_INFO_FIELDS if key not in backbone]
     for key in ("embed_dim", "depth", "num_tokens"):
@@ -189,7 +189,7 @@ def backbone_info_from_json(backbone: dict):
 
 
 def _classification_shapes(tuner: dict, backbone: dict, labels: list) -> tuple[dict, list[str]]:
-    from restuning.bypass import BypassConfig, expected_state_shapes
+    from restuning.bypass import BypassConfig, expected_state_shapes  # torch: see the note at the top
 
     info = backbone_info_from_json(backbone)
     try:
@@ -295,13 +295,13 @@ def _field_problems(config: dict) -> list[str]:
 
 
 def _is_tensor(value: object) -> bool:
-    import torch
+    import torch  # torch: see the note at the top
 
     return isinstance(value, torch.Tensor)
 
 
 def _tensor_problems(tensors: dict) -> list[str]:
-    import torch
+    import torch  # torch: see the note at the top
 
     problems: list[str] = []
     bad_types = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
@@ -420,7 +420,7 @@ def validate_artifact(
 # -- encoding ----------------------------------------------------------------------------------------
 
 def _encode(artifact: TunerArtifact, sha: str | None = None) -> bytes:
-    from safetensors.torch import save
+    from safetensors.torch import save  # torch: see the note at the top
 
     if not isinstance(artifact.tensors, dict) or not all(
         isinstance(k, str) and _is_tensor(v) for k, v in artifact.tensors.items()
@@ -521,7 +521,7 @@ def decode_artifact(
     The size is checked before anything is parsed. `backbone_fingerprint` (and, for the message,
     `backbone_name`) rejects a tuner trained on other backbone weights.
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # torch: see the note at the top
     from safetensors.torch import load
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -615,7 +615,7 @@ def classification_artifact(
 
 def build_bypass_from_artifact(artifact: TunerArtifact, embed_dim: int | None = None):
     """The classification artifact as a ResTuningBypass with its weights loaded, in eval mode."""
-    from restuning.bypass import BypassConfig, ResTuningBypass
+    from restuning.bypass import BypassConfig, ResTuningBypass  # torch: see the note at the top
 
     if artifact.kind != "classification":
         raise ArtifactError(

@@ -33,9 +33,9 @@ from tuner_store.records import ChangeEvent, TunerRecord
 from tuner_store.store import (
     TunerStore,
     check_name,
-    pick_version,
     parse_delete_version,
     parse_version,
+    pick_version,
 )
 
 LOG_NAME = "changes.jsonl"

@@ -31,9 +31,9 @@ from tuner_store.records import ChangeEvent, TunerRecord
 from tuner_store.store import (
     TunerStore,
     check_name,
-    pick_version,
     parse_delete_version,
     parse_version,
+    pick_version,
 )
 
 DEFAULT_PREFIX = "restune"
@@ -119,7 +119,7 @@ def _event(fields: dict[bytes, bytes]) -> ChangeEvent:
 
 class RedisTunerStore(TunerStore):
     def __init__(self, url: str, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
-        import redis
+        import redis  # the redis extra; file stores never need it
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 

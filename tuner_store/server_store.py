@@ -11,6 +11,7 @@ import os
 
 import httpx
 
+from tuner_store.artifact import decode_artifact, encode_artifact
 from tuner_store.errors import ArtifactError, NotFoundError, StoreError, StoreUnavailableError
 from tuner_store.records import TunerRecord
 
@@ -82,15 +83,11 @@ class ServerTunerStore:
         return self._send("GET", f"/v1/tuners/{name}/artifact", params=self._version(version)).content
 
     def get(self, name: str, version: int | str = "latest"):
-        from tuner_store.artifact import decode_artifact  # safetensors + torch: the model extra
-
         return decode_artifact(self.get_bytes(name, version), max_bytes=None)
 
     def put(self, artifact) -> TunerRecord:
         """Upload an artifact (a TunerArtifact or its file's bytes); the server validates it and assigns the version."""
         if not isinstance(artifact, (bytes, bytearray, memoryview)):
-            from tuner_store.artifact import encode_artifact  # safetensors + torch: the model extra
-
             artifact = encode_artifact(artifact)
         answer = self._send("POST", "/v1/tuners", content=bytes(artifact),
                             headers={"Content-Type": "application/octet-stream"}).json()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 

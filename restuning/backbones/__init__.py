@@ -14,7 +14,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
 
 from restuning.backbones.base import POOLINGS, Backbone, BackboneInfo, Pooling
 from restuning.backbones.vit import TimmViTBackbone
@@ -45,8 +48,6 @@ IN_CODE_VITS: dict[str, InCodeViT] = {
 
 
 def available_backbones() -> list[str]:
-    import timm
-
     return sorted(IN_CODE_VITS) + sorted(timm.list_models("vit_*"))
 
 
@@ -58,9 +59,6 @@ def _unknown_backbone(name: str) -> ConfigError:
 
 
 def _build_model(name: str, *, meta: bool = False):
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
     with torch.device("meta") if meta else nullcontext():
         if name in IN_CODE_VITS:
             return VisionTransformer(num_classes=0, **IN_CODE_VITS[name].kwargs)
@@ -91,9 +89,7 @@ def parse_weights(weights: str) -> tuple[str, object]:
 
 def _pretrained_state_dict(name: str, *, local_only: bool) -> dict[str, torch.Tensor]:
     """timm's pretrained weights, fetched as safetensors only (never a pickle)."""
-    import timm
-    from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
+    from huggingface_hub import hf_hub_download  # only pretrained weights need the hub client (timm brings it)
 
     if name in IN_CODE_VITS:
         raise ConfigError(f"backbone {name!r} is built in code and has no pretrained weights; use weights='random'")
@@ -145,8 +141,6 @@ def create_backbone(
             model = _build_model(name)
         label = f"random:{arg}"
     elif kind == "file":
-        from safetensors.torch import load_file
-
         model = _build_model(name)
         _load_into(model, load_file(str(arg)), f"file {arg}")
         label = f"file:{Path(arg).name}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from restuning.backbones.base import Backbone, BackboneInfo
@@ -13,7 +14,6 @@ class TimmViTBackbone(Backbone):
 
     def __init__(self, model: nn.Module, *, name: str, weights: str):
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
 
         if not isinstance(model, VisionTransformer):
             raise ConfigError(f"backbone {name!r} is a {type(model).__name__}, not a timm VisionTransformer")

@@ -13,6 +13,8 @@ Importing this package does not import diffusers or transformers (the tuner stor
 """
 from __future__ import annotations
 
+import importlib
+
 from restuning.diffusion.bypass import (
     BYPASS_TYPE,
     UNetBypass,
@@ -39,8 +41,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'restuning.diffusion' has no attribute {name!r}")
 

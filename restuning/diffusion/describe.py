@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
 
 from restuning.diffusion.bypass import (
     DEFAULT_CONV_GROUPS,
@@ -20,7 +21,8 @@ from restuning.diffusion.bypass import (
     UNetBypassConfig,
     build_unet_bypass,
 )
-from restuning.diffusion.unet import SD15_UNET_CONFIG, layout_problems, tap_channels, tap_names
+from restuning.diffusion.loading import TINY_UNET_CONFIG, ensure_offline
+from restuning.diffusion.unet import SD15_UNET_CONFIG, TappedUNet, layout_problems, tap_channels, tap_names
 from restuning.errors import ConfigError
 
 SD15 = "sd-v1.5"
@@ -31,8 +33,6 @@ def _unet_config(model: str) -> dict:
     if model == SD15:
         return dict(SD15_UNET_CONFIG)
     if model.startswith("tiny-random"):
-        from restuning.diffusion.loading import TINY_UNET_CONFIG
-
         return dict(TINY_UNET_CONFIG)
     path = Path(model) / "unet" / "config.json"
     if not path.is_file():
@@ -42,10 +42,6 @@ def _unet_config(model: str) -> dict:
 
 def meta_tap_shapes(unet_config: dict, latent_size: int) -> dict[str, list[int]]:
     """Shapes of the bypass taps for a batch of 1, from a forward on the meta device."""
-    from diffusers import UNet2DConditionModel
-
-    from restuning.diffusion.unet import TappedUNet
-
     with torch.device("meta"):
         unet = UNet2DConditionModel(**unet_config)
     tapped = TappedUNet(unet)
@@ -65,8 +61,6 @@ def describe_diffusion(
     shapes: bool = True,
 ) -> dict:
     """Trainable parameters of one style tuner on `model` ('sd-v1.5', 'tiny-random' or a directory)."""
-    from restuning.diffusion.loading import ensure_offline
-
     ensure_offline()
     unet_config = _unet_config(model)
     problems = layout_problems(unet_config)
@@ -76,7 +70,6 @@ def describe_diffusion(
                                      conv_groups=conv_groups)
     with torch.device("meta"):
         module = build_unet_bypass(config)
-        from diffusers import UNet2DConditionModel
 
         unet_params = sum(p.numel() for p in UNet2DConditionModel(**unet_config).parameters())
     trainable = sum(p.numel() for p in module.parameters())

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from restuning.errors import ConfigError
 
@@ -130,8 +132,6 @@ def tiny_vocab() -> dict[str, int]:
 def build_tiny_random(seed: int = TINY_SEED) -> DiffusionComponents:
     """The tiny SD-shaped model, deterministic for a seed; the global RNG is left untouched."""
     ensure_offline()
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab = tiny_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
@@ -199,8 +199,6 @@ def load_directory(path: str | os.PathLike) -> DiffusionComponents:
     problems = directory_problems(path)
     if problems:
         raise ConfigError(problems)
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     common = {"local_files_only": True, "use_safetensors": True}
     unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32, **common)

@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from diffusers import DDIMScheduler, PNDMScheduler
+from PIL import Image
+from tqdm.auto import tqdm
 
 from restuning.diffusion.bypass import (
     DEFAULT_CONV_GROUPS,
@@ -298,8 +301,6 @@ def _scheduler_kwargs(cls, config: dict) -> dict:
 
 def make_scheduler(sampler: str, config: dict):
     """A fresh scheduler per generation: PNDM/PLMS and DDIM keep per-run state (PLMS keeps past noise estimates)."""
-    from diffusers import DDIMScheduler, PNDMScheduler
-
     sampler = SAMPLER_ALIASES.get(sampler, sampler)
     if sampler == "pndm":
         # skip_prk_steps: plain PLMS, as Stable Diffusion samples (the paper's "50 PLMS steps").
@@ -424,8 +425,6 @@ class StylePipeline:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 8) -> list:
         """PIL images from latents, decoded in chunks (a 512² VAE decode is memory-hungry)."""
-        from PIL import Image
-
         out = []
         for start in range(0, latents.shape[0], batch_size):
             chunk = latents[start:start + batch_size].to(self.device, self.dtype) / self.scaling_factor
@@ -501,7 +500,6 @@ class StylePipeline:
         latents = self.initial_latents([req.seeds[p] for p, _ in pairs], req.height, req.width)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
-        from tqdm.auto import tqdm
 
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
             model_in = torch.cat([latents, latents]) if cfg else latents

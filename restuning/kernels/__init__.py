@@ -54,7 +54,7 @@ def check_backend(name: str) -> str:
 
 
 def _triton_importable() -> bool:
-    from restuning.kernels.triton._runtime import triton_importable
+    from restuning.kernels.triton._runtime import triton_importable  # triton: only CUDA builds of torch bring it
 
     return triton_importable()
 
@@ -73,7 +73,7 @@ def use_triton(tensor: torch.Tensor, backend: str | None = None, *, grad: bool =
     if grad:
         raise ConfigError("the Triton kernels are inference-only; call them under torch.no_grad()/inference_mode() "
                           "or use backend 'torch' to train")
-    from restuning.kernels.triton._runtime import check_launchable
+    from restuning.kernels.triton._runtime import check_launchable  # triton (see above)
 
     check_launchable(tensor)  # CPU without TRITON_INTERPRET=1, or an unsupported dtype: a clear ConfigError
     return True
@@ -95,7 +95,7 @@ def bypass_group(
 ) -> torch.Tensor:  # [T, B, N, D]
     """b_L [T, B, N, D] of every head in a group from [x_0 … x_L] (each [B, N, D])."""
     if use_triton(tokens[0], backend, grad=_group_grad(w, *tokens)):
-        from restuning.kernels import triton as triton_ops
+        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
 
         return triton_ops.bypass_group(tokens, w)
     return reference.bypass_group(tokens, w)
@@ -127,7 +127,7 @@ def group_logits(
     when the backbone's norms are not plain LayerNorms.
     """
     if use_triton(tokens[0], backend, grad=_group_grad(w, *tokens)):
-        from restuning.kernels import triton as triton_ops
+        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
 
         norms = pool_norms(backbone)
         if norms is not None:
@@ -144,7 +144,7 @@ def routed_adapter(
 ) -> torch.Tensor:
     """x [M, D] + each row's own adapter (see reference.routed_adapter)."""
     if use_triton(x, backend, grad=_records_grad(x, down_w, down_b, up_w, up_b)):
-        from restuning.kernels import triton as triton_ops
+        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
 
         return triton_ops.routed_adapter(x, row_tuner, down_w, down_b, up_w, up_b, activation_kind)
     return reference.routed_adapter(x, row_tuner, down_w, down_b, up_w, up_b, activation_kind)

@@ -5,8 +5,9 @@ import pytest
 
 from restuning.errors import RestuneError
 from tests.training.conftest import write_png
-from training.data import make_splits, resolve_data, sanitize_name, scan_csv, scan_folder
+from training.data import make_splits, sanitize_name, scan_csv, scan_folder
 from training.errors import DataError
+from training.sources import resolve_data
 
 
 def test_image_folder_classes_labels_and_ignored_files(image_folder):
