@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from restuning.backbones.base import POOLINGS, Backbone, BackboneInfo
+from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, InputError, choices
 from restuning.layers import parse_layers
 from restuning.tuners import ResTuner, build_tuner, validate_tuner
@@ -65,7 +66,7 @@ class BypassConfig:
         v_dim = dim if vertical_dim is None else vertical_dim
         problems += validate_tuner(horizontal, h_dim, where="horizontal")
         problems += validate_tuner(vertical, v_dim, where="vertical")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        if not is_positive_int(num_classes):
             problems.append(f"num_classes must be a positive integer, got {num_classes!r}")
         pooling = info.pooling if pooling is None else pooling
         if pooling not in POOLINGS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from restuning.checks import is_int
 from restuning.errors import ConfigError
 
 
@@ -34,7 +35,7 @@ def parse_layers(spec: str | Sequence[int] | None, depth: int) -> tuple[int, ...
                 problems.append(f"layer spec item {part!r} is not a number or a range like '1-6'")
     else:
         for item in spec:
-            if not isinstance(item, int) or isinstance(item, bool):
+            if not is_int(item):
                 problems.append(f"layer {item!r} is not an integer")
             else:
                 items.append(item)

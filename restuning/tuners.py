@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, choices
 
 TunerType = Literal["adapter", "prefix", "prompt", "none"]
@@ -192,7 +193,7 @@ def validate_tuner(tuner_type: object, dim: object, *, where: str = "tuner") -> 
     if tuner_type not in TUNER_REGISTRY:
         problems.append(f"{where}: unknown tuner type {tuner_type!r}; choose one of {choices(TUNER_TYPES)}")
     if tuner_type != "none":
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+        if not is_positive_int(dim):
             problems.append(f"{where}: dim must be a positive integer, got {dim!r}")
     return problems
 

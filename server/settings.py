@@ -20,32 +20,40 @@ def is_loopback(host: str) -> bool:
 
 
 class ServerSettings(BaseSettings):
-    """Every knob of `restune serve`; env vars are RESTUNE_<NAME> (e.g. RESTUNE_MAX_BATCH_SIZE)."""
+    """Every knob of `restune serve`, defined once: each field is the flag --field-name (restune.options
+    generates them) and the environment variable RESTUNE_<NAME> (e.g. RESTUNE_MAX_BATCH_SIZE)."""
 
     model_config = SettingsConfigDict(env_prefix="RESTUNE_", extra="ignore")
 
-    backbone: str = "vit_tiny_patch16_224"
+    backbone: str = Field("vit_tiny_patch16_224", description="timm ViT name")
     weights: str = Field("auto", description="pretrained | random | random:SEED | auto | path.safetensors")
-    store: str = Field("file://./data/tuners", description="file:///path or redis://host:port/db")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    store: str = Field("file://./data/tuners", description="tuner store URL: file:///path or redis://host:port/db")
+    host: str = Field("127.0.0.1", description="listen address; a non-loopback one needs an admin token")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_batch_size: int = Field(32, ge=1, le=1024)
-    max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
-    max_queue_size: int = Field(256, ge=1)
-    feature_cache_mb: float = Field(256.0, ge=0)
-    admin_token: str | None = None
-    max_upload_mb: float = Field(64.0, gt=0, description="limit of one tuner artifact upload")
-    max_image_mb: float = Field(20.0, gt=0, description="limit of one image (encoded bytes)")
-    max_image_pixels: int = Field(40_000_000, gt=0)
-    default_top_k: int = Field(5, ge=1)
-    diffusion_model: str | None = Field(None, description="a diffusers directory, tiny-random, or unset")
-    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed")
-    kernel_backend: Literal["auto", "torch", "triton"] = "auto"
-    torch_threads: int = Field(0, ge=0, description="intra-op threads of the model thread; 0: torch's default (the cores)")
-    demo_if_empty: bool = Field(False, description="train and push the 19 demo tuners when the store is empty")
-    log_level: str = "info"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="model dtype; auto: "
+                                                                     "float16 on CUDA, float32 on the CPU")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="images per backbone forward")
+    max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000,
+                                      description="how long a request may wait for others to batch with")
+    max_queue_size: int = Field(256, ge=1, description="requests waiting before new ones get 503")
+    feature_cache_mb: float = Field(256.0, ge=0, description="feature cache size in MiB (0 disables it)")
+    admin_token: str | None = Field(None, description="bearer token required for tuner writes")
+    max_upload_mb: float = Field(64.0, gt=0, description="limit of one tuner artifact upload, in MiB")
+    max_image_mb: float = Field(20.0, gt=0, description="limit of one image (encoded bytes), in MiB")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="limit of one decoded image, in pixels")
+    default_top_k: int = Field(5, ge=1, description="labels per task when a request does not say")
+    diffusion_model: str | None = Field(None, description="a diffusers directory or tiny-random; enables "
+                                                          "POST /v1/generate")
+    cors_origins: list[str] = Field(default_factory=list, json_schema_extra={"flag": "--cors-origin"},
+                                    description="allow CORS from this origin (repeatable; CORS is off by default)")
+    kernel_backend: Literal["auto", "torch", "triton"] = Field("auto", description="engine kernels: auto (Triton "
+                                                                                   "on CUDA), torch or triton")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads of the model thread; 0: torch's default "
+                                                    "(the cores)")
+    demo_if_empty: bool = Field(False, description="when the store holds no tuners, train and push the 19 demo "
+                                                   "tuners first")
+    log_level: str = Field("info", description="uvicorn log level")
 
     @field_validator("admin_token")
     @classmethod

@@ -30,66 +30,16 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from restuning.errors import ConfigError, InputError, RestuneError, choices
-from tuner_store.artifact import TunerArtifact, name_problems, validate_artifact
+from restuning.errors import ConfigError, InputError, RestuneError
+from training.style_config import StyleTrainConfig
+from tuner_store.artifact import TunerArtifact, validate_artifact
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT_TEMPLATE = "a photo in {style} style"
-TRAIN_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ImageFolderError(InputError):
     """The image folder is missing, empty, or holds no readable image."""
-
-
-@dataclass
-class StyleTrainConfig:
-    images: str
-    style: str
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    diffusion_model: str = "tiny-random"
-    steps: int | None = None  # overrides epochs when set
-    epochs: int = 10  # Table 11
-    batch_size: int = 8  # Table 11
-    resolution: int | None = None  # default: the model's native size (512 for SD v1.5)
-    lr: float = 1e-4  # Table 11, constant
-    weight_decay: float = 1e-2  # Table 11 names AdamW without a decay; this is AdamW's usual default
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"  # frozen parts; bfloat16/float16 (CUDA) run them and the bypass under autocast
-    groups: int = 4
-    scale_factor: int = 2
-    conv_groups: int = 32
-
-    def problems(self) -> list[str]:
-        problems = []
-        if not isinstance(self.style, str) or not self.style:
-            problems.append("--style must be a non-empty name")
-        else:
-            problems += [f"--style: {p}" for p in name_problems(self.style)]
-            if self.style == "base":
-                problems.append("--style 'base' is reserved for the plain U-Net (no tuner); pick another name")
-        try:
-            self.prompt_template.format(style="x")
-        except (KeyError, IndexError, ValueError) as exc:
-            problems.append(f"--prompt-template {self.prompt_template!r} is not a valid template ({exc!r}); "
-                            "use {style} for the style name and {{ }} for literal braces")
-        for key in ("epochs", "batch_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            problems.append(f"--steps must be a positive integer, got {self.steps!r}")
-        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8):
-            problems.append(f"--resolution must be an integer >= 8, got {self.resolution!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"--lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
-        if self.dtype not in TRAIN_DTYPES:
-            problems.append(f"--dtype {self.dtype!r} is not supported for training; choose one of {choices(TRAIN_DTYPES)}")
-        return problems
 
 
 @dataclass

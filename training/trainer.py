@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from restuning.backbones.base import Backbone
+from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, choices
 from restuning.preprocess import ImagePreprocessor
 from training.augment import Augmentation, ViewDataset
@@ -87,7 +88,7 @@ class TrainSettings:
             p.append(f"unknown method {self.method!r}; choose one of {choices(METHODS)}")
         for key in ("epochs", "batch_size", "cache_views"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_positive_int(value):
                 p.append(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
             p.append(f"lr must be a number in (0, 10), got {self.lr!r}")

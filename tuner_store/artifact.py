@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from restuning.checks import is_int, is_number
 from restuning.errors import ConfigError, choices
 from tuner_store.errors import ArtifactError
 from tuner_store.fsutil import atomic_write_bytes
@@ -140,34 +140,26 @@ _BACKBONE_INFO_FIELDS = (
 )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
 def backbone_info_from_json(backbone: dict):
     """The BackboneInfo a classification artifact records; ConfigError listing every problem."""
     from restuning.backbones.base import POOLINGS, BackboneInfo  # torch: see the note at the top
 
     problems = [f"backbone is missing {key!r}" for key in _BACKBONE_INFO_FIELDS if key not in backbone]
     for key in ("embed_dim", "depth", "num_tokens"):
-        if key in backbone and not (_is_int(backbone[key]) and backbone[key] > 0):
+        if key in backbone and not (is_int(backbone[key]) and backbone[key] > 0):
             problems.append(f"backbone {key} must be a positive integer, got {backbone[key]!r}")
-    if "num_prefix_tokens" in backbone and not (_is_int(backbone["num_prefix_tokens"])
+    if "num_prefix_tokens" in backbone and not (is_int(backbone["num_prefix_tokens"])
                                                   and backbone["num_prefix_tokens"] >= 0):
         problems.append(f"backbone num_prefix_tokens must be an integer >= 0, got {backbone['num_prefix_tokens']!r}")
     size = backbone.get("image_size")
     if "image_size" in backbone and not (isinstance(size, list) and len(size) == 2
-                                         and all(_is_int(v) and v > 0 for v in size)):
+                                         and all(is_int(v) and v > 0 for v in size)):
         problems.append(f"backbone image_size must be [height, width], got {size!r}")
     if "pooling" in backbone and backbone["pooling"] not in POOLINGS:
         problems.append(f"backbone pooling {backbone['pooling']!r} is unknown; choose one of {choices(POOLINGS)}")
     for key in ("mean", "std"):
         value = backbone.get(key)
-        if key in backbone and not (isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))):
+        if key in backbone and not (isinstance(value, list) and len(value) == 3 and all(map(is_number, value))):
             problems.append(f"backbone {key} must be 3 numbers, got {value!r}")
     for key in ("name", "weights"):
         if key in backbone and not isinstance(backbone[key], str):
@@ -254,7 +246,7 @@ def _field_problems(config: dict) -> list[str]:
     problems: list[str] = []
     if "format_version" in config:
         fv = config["format_version"]
-        if not _is_int(fv):
+        if not is_int(fv):
             problems.append(f"format_version must be an integer, got {fv!r}")
         elif fv not in SUPPORTED_FORMAT_VERSIONS:
             problems.append(
@@ -264,7 +256,7 @@ def _field_problems(config: dict) -> list[str]:
         problems += name_problems(config["name"])
     if "version" in config:
         v = config["version"]
-        if v is not None and not (_is_int(v) and v >= 1):
+        if v is not None and not (is_int(v) and v >= 1):
             problems.append(f"version must be a positive integer or null, got {v!r}")
     if "kind" in config and config["kind"] not in KINDS:
         problems.append(f"kind {config['kind']!r} is unknown; choose one of {choices(KINDS)}")

@@ -13,6 +13,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+from restuning.checks import is_positive_int
 from tuner_store.artifact import (
     DEFAULT_MAX_ARTIFACT_BYTES,
     NAME_RULE,
@@ -42,7 +43,7 @@ def parse_version(version: int | str | None) -> int | None:
         return None
     if isinstance(version, str) and version.isdigit():
         version = int(version)
-    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+    if is_positive_int(version):
         return version
     raise NotFoundError(f"no version {version!r}: versions are positive integers or 'latest'")
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, InputError
 
 BYPASS_TYPE = "unet_bypass"
@@ -54,10 +55,6 @@ TUNER_KEYS = ("type", "format", "channels", "groups", "scale_factor", "conv_grou
 DEFAULT_GROUPS = 4  # reference ResGroupAdapter default `head`
 DEFAULT_SCALE_FACTOR = 2  # reference ResGroupAdapter default `scale_factor`
 DEFAULT_CONV_GROUPS = 32  # = SD's GroupNorm groups; divides 320/640/1280 and the tiny model's 32/64
-
-
-def _is_pos_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _divisors(n: int) -> list[int]:
@@ -92,7 +89,7 @@ class UNetBypassConfig:
         """Every problem of a structure, each naming the value and what would be valid."""
         problems: list[str] = []
         chans_ok = (isinstance(channels, (list, tuple)) and len(channels) >= 2
-                    and all(_is_pos_int(c) for c in channels))
+                    and all(is_positive_int(c) for c in channels))
         if not chans_ok:
             problems.append(
                 "channels must be a list of at least 2 positive integers (tap channels: mid_block input, mid_block "
@@ -104,9 +101,9 @@ class UNetBypassConfig:
                 f"{channels[1]}): the first stage's vertical tuner reads the mid_block input"
             )
         for key, value in (("groups", groups), ("scale_factor", scale_factor), ("conv_groups", conv_groups)):
-            if not _is_pos_int(value):
+            if not is_positive_int(value):
                 problems.append(f"{key} must be a positive integer, got {value!r}")
-        if chans_ok and _is_pos_int(groups):
+        if chans_ok and is_positive_int(groups):
             stage = list(channels[1:])
             bad = sorted({c for c in stage if c % groups})
             if bad:
@@ -114,7 +111,7 @@ class UNetBypassConfig:
                 problems.append(
                     f"groups {groups} does not divide the tap channels {bad}; valid choices: {common}"
                 )
-        if chans_ok and _is_pos_int(conv_groups) and len(channels) > 2:
+        if chans_ok and is_positive_int(conv_groups) and len(channels) > 2:
             # conv i maps stage i's channels to stage i+1's; a grouped conv needs both divisible.
             pairs = list(zip(channels[1:-1], channels[2:]))
             bad_pairs = [(a, b) for a, b in pairs if a % conv_groups or b % conv_groups]

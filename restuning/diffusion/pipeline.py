@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import inspect
 import io
-import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from diffusers import DDIMScheduler, PNDMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from restuning.checks import is_int, is_number
 from restuning.diffusion.bypass import (
     DEFAULT_CONV_GROUPS,
     DEFAULT_GROUPS,
@@ -146,14 +146,6 @@ class GenerationResult:
         }
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_request(
     prompts: object,
     styles: object,
@@ -221,10 +213,10 @@ def validate_request(
         )
     # steps, guidance, sampler
     steps = limits.default_steps if steps is None else steps
-    if not _is_int(steps) or not limits.min_steps <= steps <= limits.max_steps:
+    if not is_int(steps) or not limits.min_steps <= steps <= limits.max_steps:
         problems.append(f"steps must be an integer in [{limits.min_steps}, {limits.max_steps}], got {steps!r}")
     guidance_scale = limits.default_guidance if guidance_scale is None else guidance_scale
-    if not _is_number(guidance_scale) or not limits.min_guidance <= guidance_scale <= limits.max_guidance:
+    if not is_number(guidance_scale) or not limits.min_guidance <= guidance_scale <= limits.max_guidance:
         problems.append(
             f"guidance_scale must be a number in [{limits.min_guidance}, {limits.max_guidance}], got {guidance_scale!r}"
         )
@@ -237,11 +229,11 @@ def validate_request(
     for key, value in (("height", height), ("width", width)):
         value = default_size if value is None else value
         sizes[key] = value
-        if not _is_int(value) or not limits.min_size <= value <= limits.max_size:
+        if not is_int(value) or not limits.min_size <= value <= limits.max_size:
             problems.append(f"{key} must be an integer in [{limits.min_size}, {limits.max_size}], got {value!r}")
         elif value % size_multiple:
             problems.append(f"{key} {value} is not a multiple of {size_multiple} (this model's latent grid)")
-    if (prompt_list and style_list and all(_is_int(v) for v in sizes.values())
+    if (prompt_list and style_list and all(is_int(v) for v in sizes.values())
             and len(prompt_list) * len(style_list) * sizes["height"] * sizes["width"] > limits.max_total_pixels):
         problems.append(
             f"{len(prompt_list) * len(style_list)} images of {sizes['height']}×{sizes['width']} exceed the limit of "
@@ -252,13 +244,13 @@ def validate_request(
     if seed is None:
         base = secrets.randbelow(limits.max_seed + 1)
         seeds = [(base + i) % (limits.max_seed + 1) for i in range(len(prompt_list))]
-    elif _is_int(seed):
+    elif is_int(seed):
         if not 0 <= seed <= limits.max_seed:
             problems.append(f"seed must be an integer in [0, {limits.max_seed}], got {seed!r}")
         else:
             seeds = [(seed + i) % (limits.max_seed + 1) for i in range(len(prompt_list))]
     elif isinstance(seed, (list, tuple)):
-        if len(seed) != len(prompt_list) or not all(_is_int(s) and 0 <= s <= limits.max_seed for s in seed):
+        if len(seed) != len(prompt_list) or not all(is_int(s) and 0 <= s <= limits.max_seed for s in seed):
             problems.append(f"a seed list needs one integer in [0, {limits.max_seed}] per prompt "
                             f"({len(prompt_list)}), got {list(seed)!r}")
         else:
