@@ -37,7 +37,8 @@ from restuning.backbones import create_backbone
 from restuning.bypass import BypassConfig, build_bypass
 from restuning.engine import MultiTaskEngine
 from restuning.preprocess import ImagePreprocessor, load_image
-from tuner_store.artifact import build_bypass_from_artifact, classification_artifact
+from tuner_store.artifact import classification_artifact
+from tuner_store.kinds import build_tuner
 from tuner_store.urls import open_store
 
 
@@ -233,7 +234,7 @@ class _RawEngine:
 
     def __init__(self, backbone, names: list[str], store_url: str, images: list[bytes]):
         store = open_store(store_url)
-        heads = {n: build_bypass_from_artifact(store.get(n)) for n in names}
+        heads = {n: build_tuner(store.get(n)) for n in names}
         store.close()
         self.engine = MultiTaskEngine(backbone, heads)
         pre = ImagePreprocessor(backbone.info)

@@ -44,8 +44,9 @@ class GenerationService:
     def limits(self):
         return self.pipeline.limits
 
-    def load_tuner(self, artifact):
-        return self.pipeline.tuner_from_artifact(artifact)
+    def place(self, module):
+        """A built style tuner on the pipeline's device and dtype, ready for requests."""
+        return module.to(self.pipeline.device, self.pipeline.dtype).eval()
 
     def validate(self, body: dict, available_styles: list[str]):
         return self.pipeline.validate(body["prompts"], body["styles"], available_styles, **body["options"])

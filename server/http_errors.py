@@ -8,6 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.schemas import ErrorResponse
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,12 @@ def error_response(status: int, message: str, headers: dict | None = None, **ext
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict]:
+# The error statuses the endpoints document (each answers {"error": …}).
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+
+
+def validation_details(exc) -> list[dict]:
+    """Where and why a request failed validation (a RequestValidationError or a pydantic ValidationError)."""
     details = []
     for err in exc.errors():
         details.append({"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))})
@@ -38,7 +45,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return error_response(422, "invalid request", details=_validation_details(exc))
+        return error_response(422, "invalid request", details=validation_details(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -1,10 +1,11 @@
 """The hot-loaded tuner set: watches the store and swaps in a new immutable snapshot per change.
 
 A batch reads `registry.snapshot` once when it starts and finishes on that tuner
-set, whatever happens meanwhile: changes build a complete new snapshot (heads +
-packed engine) off the event loop and replace the reference in one assignment.
-An artifact that fails validation is logged and counted; the version that was
-serving keeps serving.
+set, whatever happens meanwhile: changes build a complete new snapshot (tuners +
+what each kind runs on, e.g. the packed engine) off the event loop and replace the
+reference in one assignment. An artifact that fails validation is logged and
+counted; the version that was serving keeps serving. Kinds are looked up in
+`server.kinds`, never branched on.
 """
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from restuning.backbones.base import Backbone
-from restuning.bypass import ResTuningBypass
-from restuning.engine import MultiTaskEngine
-from tuner_store.artifact import build_bypass_from_artifact, decode_artifact
-from tuner_store.errors import NotFoundError, StoreResetError
+from server.kinds import SERVED_KINDS, ServingRuntime
+from tuner_store.artifact import backbone_mismatch, decode_artifact
+from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
+from tuner_store.kinds import build_tuner
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class LoadedTuner:
     labels: tuple[str, ...]
     created_at: str
     metrics: dict
-    module: object  # ResTuningBypass for classification, the diffusion tuner for diffusion
+    module: object  # the built module, placed for serving (see server.kinds)
 
     @property
     def ref(self) -> str:
@@ -41,34 +41,44 @@ class LoadedTuner:
 
 @dataclass(frozen=True)
 class TunerSnapshot:
-    classifiers: dict[str, LoadedTuner] = field(default_factory=dict)
-    diffusion: dict[str, LoadedTuner] = field(default_factory=dict)
-    engine: MultiTaskEngine | None = None
+    tuners: Mapping[str, Mapping[str, LoadedTuner]] = field(
+        default_factory=lambda: {kind: {} for kind in SERVED_KINDS})  # kind -> name -> tuner
+    runners: Mapping[str, object] = field(default_factory=dict)  # kind -> what its requests run on, if anything
     revision: int = 0
 
+    def of_kind(self, kind: str) -> Mapping[str, LoadedTuner]:
+        return self.tuners.get(kind, {})
+
     def get(self, name: str) -> LoadedTuner | None:
-        return self.classifiers.get(name) or self.diffusion.get(name)
+        for tuners in self.tuners.values():
+            if name in tuners:
+                return tuners[name]
+        return None
+
+
+def check_serves(runtime: ServingRuntime):
+    """A store `put` check: refuse an artifact whose kind this server runs on a frozen model it was not trained on."""
+    def check(artifact) -> None:
+        fingerprint = SERVED_KINDS[artifact.kind].fingerprint(runtime)
+        mismatch = backbone_mismatch(artifact.backbone, fingerprint) if fingerprint is not None else None
+        if mismatch:
+            raise ArtifactError(mismatch, name=artifact.name)
+
+    return check
+
+
+def decode_for(runtime: ServingRuntime, data: bytes):
+    """Artifact bytes decoded once, and checked against what this server runs their kind on."""
+    artifact = decode_artifact(data, max_bytes=None)
+    check_serves(runtime)(artifact)
+    return artifact
 
 
 class TunerRegistry:
-    def __init__(
-        self,
-        store,
-        backbone: Backbone,
-        *,
-        device,
-        dtype,
-        metrics=None,
-        diffusion_loader: Callable[[object], object] | None = None,
-        diffusion_fingerprint: str | None = None,
-    ):
+    def __init__(self, store, runtime: ServingRuntime, *, metrics=None):
         self.store = store
-        self.backbone = backbone
-        self.device = device
-        self.dtype = dtype
+        self.runtime = runtime
         self.metrics = metrics
-        self.diffusion_loader = diffusion_loader
-        self.diffusion_fingerprint = diffusion_fingerprint
         self._snapshot = TunerSnapshot()
         self._lock = threading.Lock()  # serialises snapshot builders; readers never take it
         self.last_error: str | None = None
@@ -83,66 +93,50 @@ class TunerRegistry:
     def _load(self, name: str, version: int) -> LoadedTuner | None:
         """Fetch, validate and build one tuner version; None (and a logged reason) when it cannot serve here."""
         data = self.store.get_bytes(name, version)
-        header_kind = None
+        kind = None
         try:
-            artifact = decode_artifact(data)
-            header_kind = artifact.kind
-            if artifact.kind == "classification":
-                artifact = decode_artifact(data, backbone_fingerprint=self.backbone.fingerprint())
-                module: object = build_bypass_from_artifact(artifact, self.backbone.embed_dim)
-                module = module.to(device=self.device, dtype=self.dtype).eval()
-            elif artifact.kind == "diffusion":
-                if self.diffusion_loader is None:
-                    return None  # generation is not enabled on this server
-                if self.diffusion_fingerprint is not None:
-                    artifact = decode_artifact(data, backbone_fingerprint=self.diffusion_fingerprint)
-                module = self.diffusion_loader(artifact)
-            else:
-                return None
+            artifact = decode_for(self.runtime, data)
+            kind = SERVED_KINDS[artifact.kind]
+            if kind.fingerprint(self.runtime) is None:
+                return None  # a kind this server does not serve (generation not enabled)
+            module = kind.place(self.runtime, build_tuner(artifact))
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self.failures[name] = f"{name}@{version} ({header_kind or 'unknown kind'}) cannot serve here: {reason}"
+            what = kind.name if kind is not None else "unknown kind"
+            self.failures[name] = f"{name}@{version} ({what}) cannot serve here: {reason}"
             log.warning("tuner %s@%s not loaded, keeping the previous version: %s", name, version, reason)
             if self.metrics is not None:
                 self.metrics.hotload_failures.inc()
             return None
         self.failures.pop(name, None)
-        return LoadedTuner(
-            name=name,
-            version=int(version),
-            kind=artifact.kind,
-            labels=tuple(artifact.labels),
-            created_at=artifact.created_at,
-            metrics=dict(artifact.metrics),
-            module=module,
-        )
+        return LoadedTuner(name=name, version=int(version), kind=artifact.kind, labels=tuple(artifact.labels),
+                           created_at=artifact.created_at, metrics=dict(artifact.metrics), module=module)
 
-    def _publish(self, classifiers: dict[str, LoadedTuner], diffusion: dict[str, LoadedTuner], revision: int) -> None:
-        ordered = dict(sorted(classifiers.items()))
-        engine = None
-        if ordered:
-            heads: dict[str, ResTuningBypass] = {n: t.module for n, t in ordered.items()}
-            engine = MultiTaskEngine(self.backbone, heads, device=self.device, dtype=self.dtype)
-        self._snapshot = TunerSnapshot(ordered, dict(sorted(diffusion.items())), engine, revision)
+    def _publish(self, tuners: dict[str, dict[str, LoadedTuner]], revision: int) -> None:
+        ordered = {kind: dict(sorted(tuners.get(kind, {}).items())) for kind in SERVED_KINDS}
+        runners = {}
+        for kind, served in SERVED_KINDS.items():
+            runner = served.assemble(self.runtime, {n: t.module for n, t in ordered[kind].items()})
+            if runner is not None:
+                runners[kind] = runner
+        self._snapshot = TunerSnapshot(ordered, runners, revision)
         if self.metrics is not None:
-            self.metrics.loaded_tuners.labels(kind="classification").set(len(ordered))
-            self.metrics.loaded_tuners.labels(kind="diffusion").set(len(diffusion))
+            for kind, loaded in ordered.items():
+                self.metrics.loaded_tuners.labels(kind=kind).set(len(loaded))
             self.metrics.store_revision.set(revision)
 
     def load_all(self) -> TunerSnapshot:
         """Initial sync: the newest version of every tuner in the store."""
         with self._lock:
             revision = self.store.revision()
-            classifiers: dict[str, LoadedTuner] = {}
-            diffusion: dict[str, LoadedTuner] = {}
+            tuners: dict[str, dict[str, LoadedTuner]] = {kind: {} for kind in SERVED_KINDS}
             for name, record in self.store.latest().items():
                 loaded = self._load(name, record.version)
-                if loaded is None:
-                    continue
-                (classifiers if loaded.kind == "classification" else diffusion)[name] = loaded
-            self._publish(classifiers, diffusion, revision)
-            log.info("loaded %d classification and %d diffusion tuners (store revision %d)",
-                     len(classifiers), len(diffusion), revision)
+                if loaded is not None:
+                    tuners[loaded.kind][name] = loaded
+            self._publish(tuners, revision)
+            log.info("loaded %s tuners (store revision %d)",
+                     ", ".join(f"{len(t)} {kind}" for kind, t in tuners.items()), revision)
             return self._snapshot
 
     def apply_change(self, name: str, revision: int) -> None:
@@ -150,25 +144,23 @@ class TunerRegistry:
         start = time.perf_counter()
         with self._lock:
             current = self._snapshot
-            classifiers = dict(current.classifiers)
-            diffusion = dict(current.diffusion)
-
+            tuners = {kind: dict(current.of_kind(kind)) for kind in SERVED_KINDS}
             try:
                 record = self.store.record(name, "latest")
             except NotFoundError:
                 record = None
             served = current.get(name)
             if record is None:
-                classifiers.pop(name, None)
-                diffusion.pop(name, None)
+                for loaded in tuners.values():
+                    loaded.pop(name, None)
                 self.failures.pop(name, None)
             elif served is None or served.version != record.version:
-                loaded = self._load(name, record.version)
-                if loaded is not None:
-                    classifiers.pop(name, None)
-                    diffusion.pop(name, None)
-                    (classifiers if loaded.kind == "classification" else diffusion)[name] = loaded
-            self._publish(classifiers, diffusion, max(revision, current.revision))
+                fresh = self._load(name, record.version)
+                if fresh is not None:
+                    for loaded in tuners.values():
+                        loaded.pop(name, None)
+                    tuners[fresh.kind][name] = fresh
+            self._publish(tuners, max(revision, current.revision))
         if self.metrics is not None:
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
 

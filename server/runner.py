@@ -11,6 +11,7 @@ from restuning.backbones.base import Backbone
 from server.batcher import Job
 from server.feature_cache import FeatureCache
 from server.registry import TunerRegistry
+from tuner_store.kinds import CLASSIFICATION
 
 
 class UnknownTasksError(LookupError):
@@ -80,13 +81,14 @@ class ClassifyRunner:
     def run(self, jobs: Sequence[Job]) -> list[object]:
         started = time.perf_counter()
         snapshot = self.registry.snapshot  # this batch finishes on this tuner set
+        classifiers = snapshot.of_kind(CLASSIFICATION.name)
         requests: list[ClassifyRequest] = [job.payload for job in jobs]
         results: list[object] = [None] * len(jobs)
-        loaded = list(snapshot.classifiers)
+        loaded = list(classifiers)
         valid: list[int] = []
         for i, r in enumerate(requests):
             # a task named in the request and deleted since the HTTP check is reported by name
-            unknown = [t for t in (r.tasks or []) if t not in snapshot.classifiers]
+            unknown = [t for t in (r.tasks or []) if t not in classifiers]
             if unknown:
                 results[i] = UnknownTasksError(unknown, loaded)
                 continue
@@ -100,7 +102,7 @@ class ClassifyRunner:
         feats, backbone_ms, computed = self._features(batch)
         wanted = list(dict.fromkeys(t for r in batch for t in (r.tasks or loaded)))
         start = time.perf_counter()
-        logits = snapshot.engine.run(feats, wanted)
+        logits = snapshot.runners[CLASSIFICATION.name].run(feats, wanted)
         # One top-k per task for the whole batch, turned into Python lists once: per-request,
         # per-task tensor calls would cost more than the heads themselves on a small backbone.
         k_max = max(r.top_k for r in batch)
@@ -116,7 +118,7 @@ class ClassifyRunner:
             r = batch[j]
             out = {}
             for name in r.tasks or loaded:
-                tuner = snapshot.classifiers[name]
+                tuner = classifiers[name]
                 scores, idx = ranked[name]
                 out[name] = {
                     "labels": [tuner.labels[c] for c in idx[j][: r.top_k]],

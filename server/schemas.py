@@ -1,20 +1,30 @@
 """HTTP request and response models (pydantic lives at this edge only)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import dataclasses
+import typing
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from tuner_store.records import TunerRecord
 
 MAX_TOP_K = 1000
 MAX_TASKS_PER_REQUEST = 256
 
 
-class ClassifyJSONRequest(BaseModel):
+class ClassifyOptions(BaseModel):
+    """What a classify request may ask for besides the image: the same rules for JSON and multipart bodies."""
+
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(..., description="the image file (PNG, JPEG, …) as base64", min_length=1)
     tasks: list[str] | None = Field(
         None, description="task names; default every loaded classification tuner", max_length=MAX_TASKS_PER_REQUEST
     )
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="labels per task (default: server setting)")
+
+
+class ClassifyJSONRequest(ClassifyOptions):
+    image: str = Field(..., description="the image file (PNG, JPEG, …) as base64", min_length=1)
 
 
 class TaskResult(BaseModel):
@@ -32,21 +42,20 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-class TunerSummary(BaseModel):
-    name: str
-    version: int
-    ref: str
-    kind: str
-    sha256: str = Field(..., description="sha256 of the artifact's weights")
-    num_labels: int
-    backbone_name: str
-    backbone_fingerprint: str
-    created_at: str
-    size_bytes: int
-    serving: bool
-    serving_version: int | None = None
-    metrics: dict = Field(default_factory=dict)
-    problem: str | None = Field(None, description="why the newest version is not serving here, if it is not")
+def _record_fields() -> dict:
+    """The tuner record's own fields (tuner_store.records.TunerRecord), so the HTTP schema never restates them."""
+    hints = typing.get_type_hints(TunerRecord)
+    return {f.name: (hints[f.name], ...) for f in dataclasses.fields(TunerRecord)}
+
+
+TunerSummary = create_model(
+    "TunerSummary",
+    **_record_fields(),
+    ref=(str, Field(..., description="name@version")),
+    serving=(bool, Field(..., description="whether this version is the one this server answers with")),
+    serving_version=(int | None, Field(None, description="the version this server answers with, if any")),
+    problem=(str | None, Field(None, description="why the newest version is not serving here, if it is not")),
+)
 
 
 class TunerList(BaseModel):

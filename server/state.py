@@ -13,6 +13,7 @@ from restuning.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intr
 from server.batcher import DynamicBatcher
 from server.feature_cache import FeatureCache
 from server.generation import GenerationService
+from server.kinds import ServingRuntime
 from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
@@ -33,6 +34,7 @@ class ServerState:
     batcher: DynamicBatcher | None = None
     preprocessor: object | None = None
     generator: object | None = None  # the diffusion service, when a diffusion model is configured
+    runtime: ServingRuntime | None = None  # the frozen models tuners run on (see server.kinds)
     ready: bool = False
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -58,15 +60,10 @@ class ServerState:
         if self.store is None:
             self.store = open_store(s.store)
         self.preprocessor = ImagePreprocessor(info)
-        diffusion_loader = diffusion_fingerprint = None
         if s.diffusion_model:
             self.generator = await run_on_passing_thread(GenerationService.load, s, device, dtype, threads=threads)
-            diffusion_loader = self.generator.load_tuner
-            diffusion_fingerprint = self.generator.fingerprint
-        self.registry = TunerRegistry(
-            self.store, self.backbone, device=device, dtype=dtype, metrics=self.metrics,
-            diffusion_loader=diffusion_loader, diffusion_fingerprint=diffusion_fingerprint,
-        )
+        self.runtime = ServingRuntime(self.backbone, device, dtype, self.generator)
+        self.registry = TunerRegistry(self.store, self.runtime, metrics=self.metrics)
         try:
             await asyncio.to_thread(self.registry.load_all)
         except Exception as exc:  # store away at start: serve nothing yet, the watcher retries

@@ -6,12 +6,9 @@ through a server needs only httpx. The Redis backend imports redis when a redis:
 from tuner_store.artifact import (
     DEFAULT_MAX_ARTIFACT_BYTES,
     FORMAT_VERSION,
-    KIND_VALIDATORS,
-    KINDS,
     NAME_PATTERN,
     NAME_RULE,
     TunerArtifact,
-    build_bypass_from_artifact,
     classification_artifact,
     decode_artifact,
     encode_artifact,
@@ -27,6 +24,7 @@ from tuner_store.errors import (
     StoreResetError,
     StoreUnavailableError,
 )
+from tuner_store.kinds import KINDS, TunerKind, build_tuner
 from tuner_store.records import ChangeEvent, TunerRecord
 from tuner_store.server_store import ServerTunerStore
 from tuner_store.store import TunerStore, parse_ref
@@ -40,7 +38,6 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "FORMAT_VERSION",
     "KINDS",
-    "KIND_VALIDATORS",
     "NAME_PATTERN",
     "NAME_RULE",
     "NotFoundError",
@@ -49,9 +46,10 @@ __all__ = [
     "ServerTunerStore",
     "StoreUnavailableError",
     "TunerArtifact",
+    "TunerKind",
     "TunerRecord",
     "TunerStore",
-    "build_bypass_from_artifact",
+    "build_tuner",
     "classification_artifact",
     "decode_artifact",
     "encode_artifact",

@@ -13,20 +13,20 @@ implies on the recorded backbone, and the label count, and reports every problem
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from restuning.checks import is_int, is_number
+from restuning.checks import is_int
 from restuning.errors import ConfigError, choices
+from restuning.state_shapes import shape_problems
 from tuner_store.errors import ArtifactError
 from tuner_store.fsutil import atomic_write_bytes
+from tuner_store.kinds import KINDS, UnsupportedKindError
 
 if TYPE_CHECKING:
     import torch  # torch: see the note at the top
@@ -44,7 +44,6 @@ DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 characters from a-z 0-9 . _ -, starting with a letter or digit, with no '..'"
 
-KINDS: tuple[str, ...] = ("classification", "diffusion")
 ALLOWED_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 METADATA_KEY = "restune"
 CONFIG_KEYS: tuple[str, ...] = (
@@ -127,106 +126,6 @@ class TunerArtifact:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
         out["weights_sha256"] = self.weights_sha256 if weights_sha256 is None else weights_sha256
         return out
-
-
-# -- kind validators -------------------------------------------------------------------------------
-
-# (tuner, backbone, labels) -> (expected tensor shapes, problems); may raise ConfigError.
-KindValidator = Callable[[dict, dict, list], "tuple[dict[str, tuple[int, ...]], list[str]]"]
-
-_BACKBONE_INFO_FIELDS = (
-    "name", "embed_dim", "depth", "num_tokens", "num_prefix_tokens", "image_size", "pooling", "mean", "std",
-    "weights",
-)
-
-
-def backbone_info_from_json(backbone: dict):
-    """The BackboneInfo a classification artifact records; ConfigError listing every problem."""
-    from restuning.backbones.base import POOLINGS, BackboneInfo  # torch: see the note at the top
-
-    problems = [f"backbone is missing {key!r}" for key in _BACKBONE_INFO_FIELDS if key not in backbone]
-    for key in ("embed_dim", "depth", "num_tokens"):
-        if key in backbone and not (is_int(backbone[key]) and backbone[key] > 0):
-            problems.append(f"backbone {key} must be a positive integer, got {backbone[key]!r}")
-    if "num_prefix_tokens" in backbone and not (is_int(backbone["num_prefix_tokens"])
-                                                  and backbone["num_prefix_tokens"] >= 0):
-        problems.append(f"backbone num_prefix_tokens must be an integer >= 0, got {backbone['num_prefix_tokens']!r}")
-    size = backbone.get("image_size")
-    if "image_size" in backbone and not (isinstance(size, list) and len(size) == 2
-                                         and all(is_int(v) and v > 0 for v in size)):
-        problems.append(f"backbone image_size must be [height, width], got {size!r}")
-    if "pooling" in backbone and backbone["pooling"] not in POOLINGS:
-        problems.append(f"backbone pooling {backbone['pooling']!r} is unknown; choose one of {choices(POOLINGS)}")
-    for key in ("mean", "std"):
-        value = backbone.get(key)
-        if key in backbone and not (isinstance(value, list) and len(value) == 3 and all(map(is_number, value))):
-            problems.append(f"backbone {key} must be 3 numbers, got {value!r}")
-    for key in ("name", "weights"):
-        if key in backbone and not isinstance(backbone[key], str):
-            problems.append(f"backbone {key} must be a string, got {backbone[key]!r}")
-    if problems:
-        raise ConfigError(problems)
-    return BackboneInfo(
-        name=backbone["name"],
-        embed_dim=backbone["embed_dim"],
-        depth=backbone["depth"],
-        num_tokens=backbone["num_tokens"],
-        num_prefix_tokens=backbone["num_prefix_tokens"],
-        image_size=tuple(backbone["image_size"]),
-        pooling=backbone["pooling"],
-        mean=tuple(backbone["mean"]),
-        std=tuple(backbone["std"]),
-        weights=backbone["weights"],
-    )
-
-
-def _classification_shapes(tuner: dict, backbone: dict, labels: list) -> tuple[dict, list[str]]:
-    from restuning.bypass import BypassConfig, expected_state_shapes  # torch: see the note at the top
-
-    info = backbone_info_from_json(backbone)
-    try:
-        config = BypassConfig.from_json(tuner, info)
-    except ConfigError as exc:
-        raise ConfigError([f"tuner: {p}" for p in exc.problems]) from None
-    problems = []
-    if len(labels) != config.num_classes:
-        problems.append(
-            f"{len(labels)} labels for a head with {config.num_classes} outputs (tuner num_classes); "
-            "give exactly one label per class"
-        )
-    return expected_state_shapes(config, info.embed_dim), problems
-
-
-class UnsupportedKindError(Exception):
-    """The kind is known but this build cannot validate it (its module is missing)."""
-
-
-def _lazy_validator(kind: str, module: str, function: str) -> KindValidator:
-    """A validator living in a module built elsewhere; looked up at use so a missing one is a clear error."""
-
-    def validate(tuner: dict, backbone: dict, labels: list) -> tuple[dict, list[str]]:
-        try:
-            fn = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError) as exc:
-            raise UnsupportedKindError(
-                f"{kind} artifacts are not supported by this build ({module}.{function} is unavailable: {exc})"
-            ) from None
-        try:
-            shapes = fn(tuner, backbone)
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            # The validator choked on malformed JSON: that is a bad artifact, not a server error.
-            raise ConfigError(f"{kind} tuner config is invalid ({type(exc).__name__}: {exc})") from None
-        return {k: tuple(v) for k, v in shapes.items()}, []
-
-    return validate
-
-
-KIND_VALIDATORS: dict[str, KindValidator] = {
-    "classification": _classification_shapes,
-    "diffusion": _lazy_validator("diffusion", "restuning.diffusion", "expected_state_shapes"),
-}
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -321,23 +220,6 @@ def _tensor_problems(tensors: dict) -> list[str]:
     return problems
 
 
-def _shape_problems(expected: dict[str, tuple[int, ...]], tensors: dict) -> list[str]:
-    problems = []
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        problems.append(f"missing tensors the config requires: {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors the config does not define: {unexpected}")
-    for name in sorted(set(expected) & set(tensors)):
-        tensor = tensors[name]
-        if _is_tensor(tensor) and tuple(tensor.shape) != tuple(expected[name]):
-            problems.append(
-                f"tensor {name!r} has shape {list(tensor.shape)}; the config and backbone imply {list(expected[name])}"
-            )
-    return problems
-
-
 def _short(fingerprint: object) -> str:
     return f"{fingerprint[:12]}…" if isinstance(fingerprint, str) else repr(fingerprint)
 
@@ -363,27 +245,33 @@ def _problems(
             )
     kind = config.get("kind")
     tuner, backbone, labels = config.get("tuner"), config.get("backbone"), config.get("labels")
-    if (kind in KIND_VALIDATORS and isinstance(tuner, dict) and isinstance(backbone, dict)
+    if (kind in KINDS and isinstance(tuner, dict) and isinstance(backbone, dict)
             and isinstance(labels, list)):
         try:
-            expected, kind_problems = KIND_VALIDATORS[kind](tuner, backbone, labels)
+            expected, kind_problems = KINDS[kind].expected_shapes(tuner, backbone, labels)
         except ConfigError as exc:
             problems += exc.problems
         except UnsupportedKindError as exc:
             problems.append(str(exc))
         else:
             problems += kind_problems
-            problems += _shape_problems(expected, tensors)
+            problems += shape_problems(expected, {k: v for k, v in tensors.items() if _is_tensor(v)})
     if backbone_fingerprint is not None and isinstance(backbone, dict):
-        theirs = backbone.get("fingerprint")
-        if theirs != backbone_fingerprint:
-            ours = f"backbone {backbone_name!r}" if backbone_name else "the backbone in use"
-            problems.append(
-                f"the tuner was trained on backbone {backbone.get('name')!r} (fingerprint {_short(theirs)}), "
-                f"but {ours} has fingerprint {_short(backbone_fingerprint)}; a tuner only works on the exact "
-                "backbone weights it was trained with"
-            )
+        mismatch = backbone_mismatch(backbone, backbone_fingerprint, backbone_name)
+        if mismatch:
+            problems.append(mismatch)
     return problems
+
+
+def backbone_mismatch(backbone: dict, fingerprint: str, backbone_name: str | None = None) -> str | None:
+    """Why a tuner recorded with `backbone` cannot run on the frozen model with `fingerprint`; None if it can."""
+    theirs = backbone.get("fingerprint")
+    if theirs == fingerprint:
+        return None
+    ours = f"backbone {backbone_name!r}" if backbone_name else "the backbone in use"
+    return (f"the tuner was trained on backbone {backbone.get('name')!r} (fingerprint {_short(theirs)}), "
+            f"but {ours} has fingerprint {_short(fingerprint)}; a tuner only works on the exact "
+            "backbone weights it was trained with")
 
 
 def validate_artifact(
@@ -603,30 +491,3 @@ def classification_artifact(
     )
     validate_artifact(artifact)
     return artifact
-
-
-def build_bypass_from_artifact(artifact: TunerArtifact, embed_dim: int | None = None):
-    """The classification artifact as a ResTuningBypass with its weights loaded, in eval mode."""
-    from restuning.bypass import BypassConfig, ResTuningBypass  # torch: see the note at the top
-
-    if artifact.kind != "classification":
-        raise ArtifactError(
-            f"{artifact.ref} is a {artifact.kind!r} tuner; only 'classification' tuners build a ResTuningBypass",
-            name=artifact.name,
-        )
-    try:
-        info = backbone_info_from_json(artifact.backbone)
-        config = BypassConfig.from_json(artifact.tuner, info)
-    except ConfigError as exc:
-        raise ArtifactError(exc.problems, name=artifact.name) from None
-    if embed_dim is not None and embed_dim != info.embed_dim:
-        raise ArtifactError(
-            f"{artifact.ref} was trained on backbone {info.name!r} with embed_dim {info.embed_dim}, not {embed_dim}",
-            name=artifact.name,
-        )
-    module = ResTuningBypass(config, info.embed_dim)
-    problems = _shape_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, artifact.tensors)
-    if problems:
-        raise ArtifactError(problems, name=artifact.name)
-    module.load_state_dict(artifact.tensors, strict=True)
-    return module.eval()

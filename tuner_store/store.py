@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from restuning.checks import is_positive_int
 from tuner_store.artifact import (
@@ -91,16 +91,20 @@ class TunerStore(ABC):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def put(self, artifact: TunerArtifact | bytes, *, backbone_fingerprint: str | None = None) -> TunerRecord:
+    def put(self, artifact: TunerArtifact | bytes, *, check: Callable[[TunerArtifact], None] | None = None
+            ) -> TunerRecord:
         """Validate, then store as the next version; the same content again returns the existing record.
 
-        `backbone_fingerprint` rejects a tuner trained on other backbone weights before anything is written.
+        The bytes are decoded (and so validated) once, here; `check` may refuse the decoded artifact (raise
+        ArtifactError) before anything is written, e.g. a tuner trained on other backbone weights.
         The artifact's own `version` is ignored: the store assigns versions.
         """
         data = _encode(artifact) if isinstance(artifact, TunerArtifact) else artifact
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ArtifactError(f"put takes a TunerArtifact or bytes, got {type(artifact).__name__}")
-        decoded = decode_artifact(data, max_bytes=self.max_artifact_bytes, backbone_fingerprint=backbone_fingerprint)
+        decoded = decode_artifact(data, max_bytes=self.max_artifact_bytes)
+        if check is not None:
+            check(decoded)
         sha = config_from_header(parse_header(data))["weights_sha256"]
         return self._put_validated(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
 

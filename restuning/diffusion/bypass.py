@@ -48,6 +48,7 @@ from torch.nn import functional as F
 
 from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, InputError
+from restuning.state_shapes import shape_problems
 
 BYPASS_TYPE = "unet_bypass"
 FORMAT = 1
@@ -335,17 +336,7 @@ def expected_state_shapes(tuner: dict, backbone: dict) -> dict[str, tuple[int, .
 
 def bypass_from_state(tuner: dict, tensors: Mapping[str, torch.Tensor], backbone: dict | None = None) -> UNetBypass:
     """A UNetBypass with the artifact's weights loaded (float32 on CPU, eval mode); ConfigError on any mismatch."""
-    shapes = expected_state_shapes(tuner, backbone if backbone is not None else {})
-    problems = []
-    missing = sorted(set(shapes) - set(tensors))
-    unexpected = sorted(set(tensors) - set(shapes))
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    for name in sorted(set(shapes) & set(tensors)):
-        if tuple(tensors[name].shape) != shapes[name]:
-            problems.append(f"tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shapes[name])}")
+    problems = shape_problems(expected_state_shapes(tuner, backbone if backbone is not None else {}), tensors)
     if problems:
         raise ConfigError(problems)
     config = UNetBypassConfig.from_json(tuner)

@@ -281,13 +281,13 @@ def test_redis_restarted_without_persistence_resyncs(tmp_path, run_app, micro_ba
             for i, name in enumerate(["alpha", "beta"]):
                 store.put(make_artifact(micro_backbone, name, seed=i))
         async with run_app(server_settings(redis.url(0))) as app:
-            assert sorted(app.state.registry.snapshot.classifiers) == ["alpha", "beta"]
+            assert sorted(app.state.registry.snapshot.of_kind("classification")) == ["alpha", "beta"]
             redis.kill()
             redis.start()  # empty, revision 0
-            await app.wait_for(lambda: not app.state.registry.snapshot.classifiers, timeout=15)
+            await app.wait_for(lambda: not app.state.registry.snapshot.of_kind("classification"), timeout=15)
             with open_store(redis.url(0)) as store:  # and it follows the new log from its start
                 store.put(make_artifact(micro_backbone, "gamma", seed=3))
-            await app.wait_for(lambda: list(app.state.registry.snapshot.classifiers) == ["gamma"], timeout=15)
+            await app.wait_for(lambda: list(app.state.registry.snapshot.of_kind("classification")) == ["gamma"], timeout=15)
 
     try:
         asyncio.run(main())

@@ -4,6 +4,7 @@ import torch
 from restuning.preprocess import ImagePreprocessor
 from server.batcher import Job
 from server.feature_cache import FeatureCache
+from server.kinds import ServingRuntime
 from server.registry import TunerRegistry
 from server.runner import ClassifyRequest, ClassifyRunner, NoTunersError, UnknownTasksError
 
@@ -11,7 +12,7 @@ from server.runner import ClassifyRequest, ClassifyRunner, NoTunersError, Unknow
 def _runner(store_url, backbone):
     from tuner_store.urls import open_store
 
-    registry = TunerRegistry(open_store(store_url), backbone, device="cpu", dtype=torch.float32)
+    registry = TunerRegistry(open_store(store_url), ServingRuntime(backbone, "cpu", torch.float32))
     registry.load_all()
     pre = ImagePreprocessor(backbone.info)
     return ClassifyRunner(backbone, registry, FeatureCache(0), device="cpu", dtype=torch.float32,

@@ -27,7 +27,8 @@ def _options(data, tmp_path, method="bypass", **kwargs):
 def test_artifact_loads_in_tuner_store_and_reproduces_the_trained_logits(image_folder, tmp_path, micro_backbone,
                                                                          monkeypatch, method, cached):
     import training.classify as classify
-    from tuner_store.artifact import build_bypass_from_artifact, read_artifact
+    from tuner_store.artifact import read_artifact
+    from tuner_store.kinds import build_tuner
 
     captured = {}
     real = classify.build_model
@@ -38,7 +39,7 @@ def test_artifact_loads_in_tuner_store_and_reproduces_the_trained_logits(image_f
     m = artifact.metrics
     assert m["method"] == method and m["epochs"] == 1 and m["num_train"] + m["num_val"] == 24
     assert m["feature_cache"] is cached and {"train_accuracy", "val_accuracy", "data_fingerprint"} <= set(m)
-    loaded = build_bypass_from_artifact(artifact)
+    loaded = build_tuner(artifact)
     trained = captured["model"].head("pets")
     feats = micro_backbone.forward_features(torch.randn(5, 3, 32, 32))
     assert torch.equal(loaded(feats, micro_backbone), trained(feats, micro_backbone))

@@ -12,7 +12,7 @@ from training import demo_tasks
 
 
 def test_demo_pushes_nineteen_working_tuners(tmp_path, capsys, micro_backbone):
-    from tuner_store.artifact import build_bypass_from_artifact
+    from tuner_store.kinds import build_tuner
     from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'store'}"
@@ -28,7 +28,7 @@ def test_demo_pushes_nineteen_working_tuners(tmp_path, capsys, micro_backbone):
         record = latest[name]
         assert record.metrics["demo"] and 0 <= record.metrics["test_accuracy"] <= 1 and record.metrics["num_test"] == 6
         assert record.backbone_fingerprint == micro_backbone.fingerprint()
-    head = build_bypass_from_artifact(store.get("clevr_color"))
+    head = build_tuner(store.get("clevr_color"))
     assert head.config.num_classes == 6 and "19 tuners pushed" in out
 
 

@@ -84,6 +84,7 @@ def test_multi_task_training_cache_checkpoint_and_resume(micro_backbone, quick_s
 def test_engine_artifact_store_and_registry_take_every_name(micro_backbone, tmp_path):
     from restuning.bypass import BypassConfig, build_bypass
     from restuning.engine import MultiTaskEngine
+    from server.kinds import ServingRuntime
     from server.registry import TunerRegistry
     from tuner_store.artifact import classification_artifact, decode_artifact, encode_artifact
     from tuner_store.urls import open_store
@@ -102,10 +103,10 @@ def test_engine_artifact_store_and_registry_take_every_name(micro_backbone, tmp_
         artifact = classification_artifact(name, heads[name], ["no", "yes"], micro_backbone)
         assert decode_artifact(encode_artifact(artifact)).name == name
         assert store.put(artifact).ref == f"{name}@1"
-    registry = TunerRegistry(store, micro_backbone, device="cpu", dtype=torch.float32)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32))
     snapshot = registry.load_all()
-    assert sorted(snapshot.classifiers) == sorted(("train", "eval", "to", "keys", "a.b", "my-task"))
-    logits = snapshot.engine.run(feats, ["keys", "train"])
+    assert sorted(snapshot.of_kind("classification")) == sorted(("train", "eval", "to", "keys", "a.b", "my-task"))
+    logits = snapshot.runners["classification"].run(feats, ["keys", "train"])
     torch.testing.assert_close(logits["train"], heads["train"](feats, micro_backbone))
 
 

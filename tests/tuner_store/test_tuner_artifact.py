@@ -23,7 +23,7 @@ from tests.tuner_store.tuner_helpers import (
 
 from tuner_store import (
     ArtifactError,
-    build_bypass_from_artifact,
+    build_tuner,
     classification_artifact,
     decode_artifact,
     encode_artifact,
@@ -52,7 +52,7 @@ def test_round_trip_preserves_config_tensors_and_logits(micro_backbone):
     assert decoded.weights_sha256 == artifact.weights_sha256
     assert decoded.backbone["fingerprint"] == micro_backbone.fingerprint()
 
-    rebuilt = build_bypass_from_artifact(decoded, embed_dim=micro_backbone.embed_dim)
+    rebuilt = build_tuner(decoded)
     assert not rebuilt.training
     features = _features(micro_backbone)
     assert torch.equal(rebuilt(features, micro_backbone), bypass(features, micro_backbone))
@@ -83,7 +83,7 @@ def test_half_precision_round_trip(micro_backbone, dtype):
     decoded = decode_artifact(encode_artifact(half))
     assert all(t.dtype == dtype for t in decoded.tensors.values())
     assert decoded.weights_sha256 == half.weights_sha256 != artifact.weights_sha256
-    assert build_bypass_from_artifact(decoded).head.weight.dtype == torch.float32
+    assert build_tuner(decoded).head.weight.dtype == torch.float32
 
 
 def test_weights_sha256_covers_names_dtypes_shapes_and_values():
@@ -240,12 +240,11 @@ def test_diffusion_kind_uses_the_validator_registered_for_it(micro_backbone, mon
         decode_artifact(encode_artifact(replace(base, tuner={"malformed": True})))
 
 
-def test_build_bypass_refuses_other_kinds_and_dims(micro_backbone):
+def test_build_tuner_builds_by_kind(micro_backbone):
     artifact = make_artifact(micro_backbone)
-    with pytest.raises(ArtifactError, match="embed_dim 32, not 48"):
-        build_bypass_from_artifact(artifact, embed_dim=48)
-    with pytest.raises(ArtifactError, match="only 'classification' tuners"):
-        build_bypass_from_artifact(replace(artifact, kind="diffusion"))
+    assert type(build_tuner(artifact)).__name__ == "ResTuningBypass"
+    with pytest.raises(ArtifactError, match="tuner: tuner has unknown keys"):  # built as what its kind says
+        build_tuner(replace(artifact, kind="diffusion"))
 
 
 def test_no_pickle_in_the_package():

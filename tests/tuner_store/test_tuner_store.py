@@ -18,7 +18,7 @@ from tuner_store import (
     StoreError,
     StoreResetError,
     StoreUnavailableError,
-    build_bypass_from_artifact,
+    build_tuner,
     open_store,
 )
 from tuner_store.file_store import FileTunerStore
@@ -46,8 +46,8 @@ def test_round_trip(store, micro_backbone):
 
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     features = micro_backbone.forward_features(images)
-    original = build_bypass_from_artifact(artifact)
-    assert torch.equal(build_bypass_from_artifact(got)(features, micro_backbone), original(features, micro_backbone))
+    original = build_tuner(artifact)
+    assert torch.equal(build_tuner(got)(features, micro_backbone), original(features, micro_backbone))
 
 
 def test_versioning(store, micro_backbone):
