@@ -40,6 +40,7 @@ from server.torch_threads import helper_executor
 
 log = logging.getLogger(__name__)
 
+READINESS_STORE_WAIT_S = 2.0  # below the readiness probe's timeoutSeconds in deploy/kubernetes
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
 CLASSIFY_BODY = {
     "requestBody": {
@@ -427,22 +428,33 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Backbone loaded and store reachable", responses={503: {"model": ErrorResponse}})
+    @app.get("/readyz", summary="Ready for traffic: backbone loaded, tuners read from the store, not shutting down",
+             responses={503: {"model": ErrorResponse}})
     async def readyz():
+        # The store's reachability is reported but does not make a replica unready once it has read the tuners:
+        # classify never touches the store, and during a store outage every replica would go unready together,
+        # leaving a load balancer (a Kubernetes Service) with no replica at all while each could serve.
         problems = []
+        if state.draining:
+            problems.append("shutting down")
         if not state.ready or state.backbone is None:
             problems.append("backbone not loaded")
+        elif not state.synced:
+            problems.append("tuners not loaded from the store yet (the server log says why)")
         try:
-            await asyncio.to_thread(state.store.ping)
+            # bounded: a hung store (not a refusing one) must not make the probe time out
+            await asyncio.wait_for(asyncio.to_thread(state.store.ping), READINESS_STORE_WAIT_S)
+            store = "reachable"
         except Exception as exc:
-            log.warning("readiness: %s", exc)
-            problems.append("tuner store unreachable (the server log says why)")
+            log.warning("readiness: tuner store: %s", exc or type(exc).__name__)
+            store = "unreachable"
         snapshot = state.registry.snapshot if state.registry else None
         body = {
             "backbone": state.backbone.info.name if state.backbone else None,
             "classification_tuners": len(snapshot.classifiers) if snapshot else 0,
             "diffusion_tuners": len(snapshot.diffusion) if snapshot else 0,
             "store_revision": snapshot.revision if snapshot else 0,
+            "store": store,
         }
         if problems:
             return JSONResponse({"error": "; ".join(problems), **body}, status_code=503)

@@ -26,6 +26,8 @@ SERVE_FLAGS = {
     "kernel_backend": (str, "auto | torch | triton"),
     "torch_threads": (int, "intra-op threads of the model (default 0: all cores, torch's default)"),
     "log_level": (str, "uvicorn log level (default info)"),
+    "drain_delay_s": (float, "after SIGTERM: seconds /readyz answers 503 while new connections are still served (default 2)"),
+    "drain_timeout_s": (float, "after that: longest wait in seconds for requests in flight and queued (default 20)"),
 }
 
 
@@ -86,8 +88,6 @@ def sample_curl(host: str, port: int) -> str:
 
 
 def _serve(args) -> int:
-    import uvicorn
-
     from server.app import create_app
 
     settings = settings_from_args(args)
@@ -112,8 +112,9 @@ def _serve(args) -> int:
         print(f"try:  {sample_curl(settings.host, settings.port)}", flush=True)
     except ImportError:
         pass
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    from server.shutdown import serve_until_drained
+
+    return serve_until_drained(app, settings)
 
 
 def _bench_serve(args) -> int:

@@ -46,6 +46,11 @@ class ServerSettings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="intra-op threads of the model thread; 0: torch's default (the cores)")
     demo_if_empty: bool = Field(False, description="train and push the 19 demo tuners when the store is empty")
     log_level: str = "info"
+    # SIGTERM (what Kubernetes and `docker stop` send) drains instead of stopping at once; see server/shutdown.py
+    drain_delay_s: float = Field(2.0, ge=0, le=300, description="after SIGTERM, /readyz answers 503 and new "
+                                 "connections are still served this long, so load balancers move away first")
+    drain_timeout_s: float = Field(20.0, gt=0, le=3600, description="then, at most this long for the requests "
+                                   "in flight and queued to finish")
 
     @field_validator("admin_token")
     @classmethod
