@@ -33,7 +33,7 @@ class NoReadyReplica(Exception):
 
 
 class ReadinessBalancer:
-    def __init__(self, *, probe_interval: float = 0.1):
+    def __init__(self, *, probe_interval: float = 0.2):
         self.probe_interval = probe_interval
         self._ready: dict[str, bool] = {}  # url -> its last readiness answer was 200
         self._lock = threading.Lock()
@@ -108,7 +108,7 @@ class ReadinessBalancer:
 class BalancedLoad:
     """Threads sending classify requests through a ReadinessBalancer until stopped; every outcome is counted."""
 
-    def __init__(self, balancer: ReadinessBalancer, image: bytes, *, threads: int = 2, pause: float = 0.02):
+    def __init__(self, balancer: ReadinessBalancer, image: bytes, *, threads: int = 2, pause: float = 0.05):
         self.balancer = balancer
         self.body = {"image": base64.b64encode(image).decode(), "top_k": 1}
         self.threads = threads
