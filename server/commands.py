@@ -39,9 +39,8 @@ def register(groups, *, before: Callable[[object], None] | None = None,
 
 def serve(settings, *, before: Callable[[object], None] | None = None, hints: Sequence[str] = ()) -> int:
     """Run the server until it is stopped; `before(settings)` runs first (the command line seeds a demo store)."""
-    import uvicorn  # the server extra: the command line builds without it
-
-    from server.app import create_app  # torch + FastAPI (server extra)
+    from server.app import create_app  # torch + FastAPI (server extra): the command line builds without them
+    from server.shutdown import serve_until_drained
 
     if before is not None:
         before(settings)
@@ -50,5 +49,4 @@ def serve(settings, *, before: Callable[[object], None] | None = None, hints: Se
     print(f"restune serving on {url}  (OpenAPI docs: {url}/docs)", flush=True)
     for hint in hints:
         print(hint, flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    return serve_until_drained(app, settings)

@@ -54,6 +54,11 @@ class ServerSettings(BaseSettings):
     demo_if_empty: bool = Field(False, description="when the store holds no tuners, train and push the 19 demo "
                                                    "tuners first")
     log_level: str = Field("info", description="uvicorn log level")
+    # SIGTERM (what Kubernetes and `docker stop` send) drains instead of stopping at once; see server/shutdown.py
+    drain_delay_s: float = Field(2.0, ge=0, le=300, description="after SIGTERM, /readyz answers 503 and new "
+                                 "connections are still served this long, so load balancers move away first")
+    drain_timeout_s: float = Field(20.0, gt=0, le=3600, description="then, at most this long for the requests "
+                                   "in flight and queued to finish")
 
     @field_validator("admin_token")
     @classmethod

@@ -36,6 +36,8 @@ class ServerState:
     generator: object | None = None  # the diffusion service, when a diffusion model is configured
     runtime: ServingRuntime | None = None  # the frozen models tuners run on (see server.kinds)
     ready: bool = False
+    synced: bool = False  # the tuners have been read from the store once (readiness waits for it)
+    draining: bool = False  # SIGTERM received: readiness says 503 (server/shutdown.py)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -66,8 +68,10 @@ class ServerState:
         self.registry = TunerRegistry(self.store, self.runtime, metrics=self.metrics)
         try:
             await asyncio.to_thread(self.registry.load_all)
-        except Exception as exc:  # store away at start: serve nothing yet, the watcher retries
+            self.synced = True
+        except Exception as exc:  # store away at start: serve nothing yet, not ready; retried below
             log.warning("could not load tuners at start (%s: %s); will retry", type(exc).__name__, exc)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._sync_once(), name="restune-sync"))
         self.cache = FeatureCache(int(s.feature_cache_mb * 1024 * 1024))
         runner = ClassifyRunner(self.backbone, self.registry, self.cache, device=device, dtype=dtype,
                                 normalize=self.preprocessor.normalize, metrics=self.metrics)
@@ -82,6 +86,17 @@ class ServerState:
         self.batcher.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.registry.watch_forever(), name="restune-watch"))
         self.ready = True
+
+    async def _sync_once(self, retry_seconds: float = 1.0) -> None:
+        """Retry the initial full load until it succeeds: until then the replica is not ready, since one that
+        never read the store would answer 404 for every task while its peers serve them."""
+        while not self.synced:
+            await asyncio.sleep(retry_seconds)
+            try:
+                await asyncio.to_thread(self.registry.load_all)
+                self.synced = True
+            except Exception:  # still away; the watcher logs the store's state
+                pass
 
     async def stop(self) -> None:
         self.ready = False
