@@ -13,6 +13,8 @@ from server.state import ServerState
 
 log = logging.getLogger(__name__)
 
+READINESS_STORE_WAIT_S = 2.0  # below the readiness probe's timeoutSeconds in deploy/kubernetes
+
 
 def router(state: ServerState) -> APIRouter:
     routes = APIRouter()
@@ -21,21 +23,32 @@ def router(state: ServerState) -> APIRouter:
     async def healthz():
         return {"status": "ok"}
 
-    @routes.get("/readyz", summary="Backbone loaded and store reachable", responses={503: {"model": ErrorResponse}})
+    @routes.get("/readyz", summary="Ready for traffic: backbone loaded, tuners read from the store, not shutting down",
+                responses={503: {"model": ErrorResponse}})
     async def readyz():
+        # The store's reachability is reported but does not make a replica unready once it has read the tuners:
+        # classify never touches the store, and during a store outage every replica would go unready together,
+        # leaving a load balancer (a Kubernetes Service) with no replica at all while each could serve.
         problems = []
+        if state.draining:
+            problems.append("shutting down")
         if not state.ready or state.backbone is None:
             problems.append("backbone not loaded")
+        elif not state.synced:
+            problems.append("tuners not loaded from the store yet (the server log says why)")
         try:
-            await asyncio.to_thread(state.store.ping)
+            # bounded: a hung store (not a refusing one) must not make the probe time out
+            await asyncio.wait_for(asyncio.to_thread(state.store.ping), READINESS_STORE_WAIT_S)
+            store = "reachable"
         except Exception as exc:
-            log.warning("readiness: %s", exc)
-            problems.append("tuner store unreachable (the server log says why)")
+            log.warning("readiness: tuner store: %s", exc or type(exc).__name__)
+            store = "unreachable"
         snapshot = state.registry.snapshot if state.registry else None
         body = {
             "backbone": state.backbone.info.name if state.backbone else None,
             **{f"{kind}_tuners": len(snapshot.of_kind(kind)) if snapshot else 0 for kind in SERVED_KINDS},
             "store_revision": snapshot.revision if snapshot else 0,
+            "store": store,
         }
         if problems:
             return JSONResponse({"error": "; ".join(problems), **body}, status_code=503)

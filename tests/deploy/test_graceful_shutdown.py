@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def file_store(tmp_path, micro_backbone) -> str:
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     url = f"file://{tmp_path / 'store'}"
     with open_store(url) as store:

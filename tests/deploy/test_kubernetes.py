@@ -158,10 +158,11 @@ def test_torch_threads_match_the_cpu_limit(name, docs):
 
 
 def test_the_probes_point_at_routes_of_the_server(docs):
-    from server.app import READINESS_STORE_WAIT_S, create_app
+    from server.app import create_app
+    from server.routers.health import READINESS_STORE_WAIT_S
     from server.settings import ServerSettings
 
-    routes = {route.path for route in create_app(ServerSettings(store="file:///nonexistent")).routes}
+    routes = set(create_app(ServerSettings(store="file:///nonexistent")).openapi()["paths"])
     container = kube.server_container(docs["cpu"])
     port = kube.one_named(container["ports"], "http")["containerPort"]
     assert port == int(kube.restune_config(docs["cpu"])["RESTUNE_PORT"])

@@ -79,7 +79,7 @@ def served_refs(url: str) -> dict[str, str]:
 
 def test_rolling_update_under_load_loses_nothing(tmp_path, redis_url, micro_backbone):
     from tuner_store.artifact import encode_artifact
-    from tuner_store.store import open_store
+    from tuner_store.urls import open_store
 
     def artifact(name: str, seed: int) -> bytes:
         return encode_artifact(make_artifact(micro_backbone, name, seed=seed))
