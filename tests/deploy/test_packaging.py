@@ -11,7 +11,7 @@ from tests.deploy import compose as dc
 from tests.deploy.scans import REPO
 
 REPLICAS = ("restune-a", "restune-b")
-PACKAGES = ("restuning", "tuner_store", "training", "server", "clients")
+PACKAGES = ("restune", "restuning", "tuner_store", "training", "server", "clients", "bench")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".onnx", ".npz", ".pkl", ".h5")
 
 
@@ -218,7 +218,7 @@ def test_the_image_holds_every_package_pyproject_ships():
 def test_dockerignore_keeps_weights_secrets_and_clutter_out():
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for needed in (".env", ".venv", ".git", "tests", "data", "weights", "bench", "**/*.safetensors", "**/*.pt",
+    for needed in (".env", ".venv", ".git", "tests", "data", "weights", "bench/results", "**/*.safetensors", "**/*.pt",
                    "**/*.bin", "**/*.ckpt"):
         assert needed in patterns, needed
     for kept in (*PACKAGES, "pyproject.toml", "README.md"):  # what the Dockerfiles COPY must stay in the context
