@@ -31,26 +31,18 @@ class ServerUnreachableError(RestuneError):
     pass
 
 
-def _image_bytes(image: bytes | str | Path) -> bytes:
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    path = Path(image)
+def _file_bytes(value: bytes | str | Path, what: str) -> bytes:
+    """Bytes as given, or a file's content (`what` names the file in the error when it is missing)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    path = Path(value)
     if not path.is_file():
-        raise RestuneError(f"image file {str(path)!r} does not exist")
-    return path.read_bytes()
-
-
-def _artifact_bytes(artifact: bytes | str | Path) -> bytes:
-    if isinstance(artifact, (bytes, bytearray)):
-        return bytes(artifact)
-    path = Path(artifact)
-    if not path.is_file():
-        raise RestuneError(f"artifact file {str(path)!r} does not exist")
+        raise RestuneError(f"{what} file {str(path)!r} does not exist")
     return path.read_bytes()
 
 
 def _classify_body(image, tasks, top_k) -> dict:
-    body: dict[str, Any] = {"image": base64.b64encode(_image_bytes(image)).decode()}
+    body: dict[str, Any] = {"image": base64.b64encode(_file_bytes(image, "image")).decode()}
     if tasks:
         body["tasks"] = list(tasks)
     if top_k is not None:
@@ -73,7 +65,41 @@ def _headers(admin_token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class RestuneClient:
+class _Endpoints:
+    """Every call of the HTTP API, written once: what to send. `_call` sends it, blocking (RestuneClient) or as
+    a coroutine (AsyncRestuneClient), and returns the JSON answer or raises ServerError."""
+
+    def _call(self, method: str, path: str, **kw) -> Any:
+        raise NotImplementedError
+
+    def classify(self, image: bytes | str | Path, *, tasks: list[str] | None = None, top_k: int | None = None):
+        return self._call("POST", "/v1/classify", json=_classify_body(image, tasks, top_k))
+
+    def generate(self, prompts: list[str], styles: list[str], **options):
+        body = {"prompts": prompts, "styles": styles, **{k: v for k, v in options.items() if v is not None}}
+        return self._call("POST", "/v1/generate", json=body)
+
+    def list_tuners(self):
+        return self._call("GET", "/v1/tuners")
+
+    def get_tuner(self, name: str, version: int | None = None):
+        return self._call("GET", f"/v1/tuners/{name}", params={"version": version} if version else None)
+
+    def push_tuner(self, artifact: bytes | str | Path):
+        return self._call("POST", "/v1/tuners", content=_file_bytes(artifact, "artifact"),
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def delete_tuner(self, name: str, version: int | None = None):
+        return self._call("DELETE", f"/v1/tuners/{name}", params={"version": version} if version else None)
+
+    def health(self):
+        return self._call("GET", "/healthz")
+
+    def ready(self):
+        return self._call("GET", "/readyz")
+
+
+class RestuneClient(_Endpoints):
     def __init__(self, base_url: str = DEFAULT_SERVER_URL, *, admin_token: str | None = None, timeout: float = 120.0,
                  transport: httpx.BaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
@@ -89,40 +115,16 @@ class RestuneClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kw) -> Any:
+    def _call(self, method: str, path: str, **kw) -> Any:
         try:
             return _check(self._http.request(method, path, **kw))
         except httpx.TransportError as exc:
             raise ServerUnreachableError(f"cannot reach {self.base_url}: {exc}") from None
 
-    def classify(self, image: bytes | str | Path, *, tasks: list[str] | None = None, top_k: int | None = None) -> dict:
-        return self._request("POST", "/v1/classify", json=_classify_body(image, tasks, top_k))
 
-    def generate(self, prompts: list[str], styles: list[str], **options) -> dict:
-        body = {"prompts": prompts, "styles": styles, **{k: v for k, v in options.items() if v is not None}}
-        return self._request("POST", "/v1/generate", json=body)
+class AsyncRestuneClient(_Endpoints):
+    """The same calls as RestuneClient; each returns a coroutine to await."""
 
-    def list_tuners(self) -> dict:
-        return self._request("GET", "/v1/tuners")
-
-    def get_tuner(self, name: str, version: int | None = None) -> dict:
-        return self._request("GET", f"/v1/tuners/{name}", params={"version": version} if version else None)
-
-    def push_tuner(self, artifact: bytes | str | Path) -> dict:
-        return self._request("POST", "/v1/tuners", content=_artifact_bytes(artifact),
-                             headers={"Content-Type": "application/octet-stream"})
-
-    def delete_tuner(self, name: str, version: int | None = None) -> dict:
-        return self._request("DELETE", f"/v1/tuners/{name}", params={"version": version} if version else None)
-
-    def health(self) -> dict:
-        return self._request("GET", "/healthz")
-
-    def ready(self) -> dict:
-        return self._request("GET", "/readyz")
-
-
-class AsyncRestuneClient:
     def __init__(self, base_url: str = DEFAULT_SERVER_URL, *, admin_token: str | None = None, timeout: float = 120.0,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
@@ -138,35 +140,8 @@ class AsyncRestuneClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kw) -> Any:
+    async def _call(self, method: str, path: str, **kw) -> Any:
         try:
             return _check(await self._http.request(method, path, **kw))
         except httpx.TransportError as exc:
             raise ServerUnreachableError(f"cannot reach {self.base_url}: {exc}") from None
-
-    async def classify(self, image: bytes | str | Path, *, tasks: list[str] | None = None,
-                       top_k: int | None = None) -> dict:
-        return await self._request("POST", "/v1/classify", json=_classify_body(image, tasks, top_k))
-
-    async def generate(self, prompts: list[str], styles: list[str], **options) -> dict:
-        body = {"prompts": prompts, "styles": styles, **{k: v for k, v in options.items() if v is not None}}
-        return await self._request("POST", "/v1/generate", json=body)
-
-    async def list_tuners(self) -> dict:
-        return await self._request("GET", "/v1/tuners")
-
-    async def get_tuner(self, name: str, version: int | None = None) -> dict:
-        return await self._request("GET", f"/v1/tuners/{name}", params={"version": version} if version else None)
-
-    async def push_tuner(self, artifact: bytes | str | Path) -> dict:
-        return await self._request("POST", "/v1/tuners", content=_artifact_bytes(artifact),
-                                   headers={"Content-Type": "application/octet-stream"})
-
-    async def delete_tuner(self, name: str, version: int | None = None) -> dict:
-        return await self._request("DELETE", f"/v1/tuners/{name}", params={"version": version} if version else None)
-
-    async def health(self) -> dict:
-        return await self._request("GET", "/healthz")
-
-    async def ready(self) -> dict:
-        return await self._request("GET", "/readyz")

@@ -35,7 +35,6 @@ from torch.nn import functional as F
 from restuning.checks import is_positive_int
 from restuning.errors import ConfigError, choices
 
-TunerType = Literal["adapter", "prefix", "prompt", "none"]
 TUNER_TYPES: tuple[str, ...] = ("adapter", "prefix", "prompt", "none")
 Activation = Literal["gelu", "softmax"]
 

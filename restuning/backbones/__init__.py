@@ -47,10 +47,6 @@ IN_CODE_VITS: dict[str, InCodeViT] = {
 }
 
 
-def available_backbones() -> list[str]:
-    return sorted(IN_CODE_VITS) + sorted(timm.list_models("vit_*"))
-
-
 def _unknown_backbone(name: str) -> ConfigError:
     examples = ", ".join(sorted(IN_CODE_VITS) + [DEFAULT_BACKBONE, PAPER_BACKBONE, "vit_small_patch16_224"])
     return ConfigError(
@@ -173,7 +169,6 @@ __all__ = [
     "PAPER_BACKBONE",
     "POOLINGS",
     "Pooling",
-    "available_backbones",
     "create_backbone",
     "describe_backbone",
     "parse_weights",

@@ -74,7 +74,3 @@ class TimmViTBackbone(Backbone):
     def post_pool_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.fc_norm(x)
 
-    def backbone_logits_input(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's own pre-logits for the images (used by full fine-tuning)."""
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-

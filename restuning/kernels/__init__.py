@@ -11,7 +11,7 @@ Dispatch rules (`use_triton`), applied per call:
 - "triton": always Triton; CUDA tensors run compiled, CPU tensors only under Triton's
   interpreter (TRITON_INTERPRET=1). Anything else raises ConfigError saying why.
 The process-wide setting is `set_backend(...)`, else the environment variable
-RESTUNE_KERNEL_BACKEND, else "auto". Each function also takes `backend=` to override it
+RESTUNE_KERNEL_BACKEND (read once, on first use), else "auto". Each function also takes `backend=` to override it
 for one call (the engine passes its own `kernel_backend`).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from restuning.kernels.weights import ACTIVATION_OF_TYPE, GroupWeights
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "RESTUNE_KERNEL_BACKEND"  # the process-wide default, e.g. for `restune serve`
-_backend: str | None = None  # set_backend's choice; None: the environment variable, else "auto"
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The process-wide backend: set_backend's choice, else RESTUNE_KERNEL_BACKEND read once, else "auto".
+_backend: str | None = None
 
 
 def set_backend(name: str) -> None:
@@ -38,13 +38,14 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """set_backend's choice, else RESTUNE_KERNEL_BACKEND, else "auto"."""
-    if _backend is not None:
-        return _backend
-    name = os.environ.get(ENV_VAR, "").strip() or "auto"
-    if name not in BACKENDS:
-        raise ConfigError(f"{ENV_VAR}={name!r} is not a kernel backend; choose one of {choices(BACKENDS)}")
-    return name
+    """The process-wide backend (see above); a call's own `backend=` argument overrides it for that call."""
+    global _backend
+    if _backend is None:
+        name = os.environ.get(ENV_VAR, "").strip() or "auto"
+        if name not in BACKENDS:
+            raise ConfigError(f"{ENV_VAR}={name!r} is not a kernel backend; choose one of {choices(BACKENDS)}")
+        _backend = name
+    return _backend
 
 
 def check_backend(name: str) -> str:
@@ -53,10 +54,12 @@ def check_backend(name: str) -> str:
     return name
 
 
-def _triton_importable() -> bool:
-    from restuning.kernels.triton._runtime import triton_importable  # triton: only CUDA builds of torch bring it
+def _triton_ops():
+    """The Triton kernels: imported on first use, since that imports Triton (half a second a process) and CPU
+    runs on the "auto" backend never need it."""
+    from restuning.kernels import triton as triton_ops  # lazily: see above
 
-    return triton_importable()
+    return triton_ops
 
 
 def use_triton(tensor: torch.Tensor, backend: str | None = None, *, grad: bool = False) -> bool:
@@ -65,17 +68,16 @@ def use_triton(tensor: torch.Tensor, backend: str | None = None, *, grad: bool =
     if name == "torch":
         return False
     if name == "auto":
-        return (tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and not grad and _triton_importable())
+        return (tensor.is_cuda and tensor.dtype in _triton_ops().SUPPORTED_DTYPES and not grad
+                and _triton_ops().triton_importable())
     # forced
-    if not _triton_importable():
+    if not _triton_ops().triton_importable():
         raise ConfigError("kernel backend 'triton' was forced but Triton cannot be imported; install triton or use "
                           "backend 'auto'/'torch'")
     if grad:
         raise ConfigError("the Triton kernels are inference-only; call them under torch.no_grad()/inference_mode() "
                           "or use backend 'torch' to train")
-    from restuning.kernels.triton._runtime import check_launchable  # triton (see above)
-
-    check_launchable(tensor)  # CPU without TRITON_INTERPRET=1, or an unsupported dtype: a clear ConfigError
+    _triton_ops().check_launchable(tensor)  # CPU without TRITON_INTERPRET=1, or an unsupported dtype: a clear ConfigError
     return True
 
 
@@ -95,9 +97,7 @@ def bypass_group(
 ) -> torch.Tensor:  # [T, B, N, D]
     """b_L [T, B, N, D] of every head in a group from [x_0 … x_L] (each [B, N, D])."""
     if use_triton(tokens[0], backend, grad=_group_grad(w, *tokens)):
-        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
-
-        return triton_ops.bypass_group(tokens, w)
+        return _triton_ops().bypass_group(tokens, w)
     return reference.bypass_group(tokens, w)
 
 
@@ -127,12 +127,10 @@ def group_logits(
     when the backbone's norms are not plain LayerNorms.
     """
     if use_triton(tokens[0], backend, grad=_group_grad(w, *tokens)):
-        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
-
         norms = pool_norms(backbone)
         if norms is not None:
-            return triton_ops.group_logits(tokens, w, *norms)
-        b_last = triton_ops.bypass_group(tokens, w)
+            return _triton_ops().group_logits(tokens, w, *norms)
+        b_last = _triton_ops().bypass_group(tokens, w)
     else:
         b_last = reference.bypass_group(tokens, w)
     pooled = backbone.pool(b_last).transpose(0, 1)  # [B, T, D]
@@ -144,9 +142,7 @@ def routed_adapter(
 ) -> torch.Tensor:
     """x [M, D] + each row's own adapter (see reference.routed_adapter)."""
     if use_triton(x, backend, grad=_records_grad(x, down_w, down_b, up_w, up_b)):
-        from restuning.kernels import triton as triton_ops  # triton: only CUDA builds of torch bring it
-
-        return triton_ops.routed_adapter(x, row_tuner, down_w, down_b, up_w, up_b, activation_kind)
+        return _triton_ops().routed_adapter(x, row_tuner, down_w, down_b, up_w, up_b, activation_kind)
     return reference.routed_adapter(x, row_tuner, down_w, down_b, up_w, up_b, activation_kind)
 
 

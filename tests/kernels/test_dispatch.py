@@ -76,6 +76,9 @@ def test_backend_from_the_environment(group, monkeypatch):
     assert kernels.get_backend() == "triton"
     with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):  # forced, on CPU, no interpreter
         kernels.bypass_group(tokens, w)
+    monkeypatch.setenv("RESTUNE_KERNEL_BACKEND", "torch")
+    assert kernels.get_backend() == "triton"  # read once: a later change of the variable does not switch paths
+    monkeypatch.setattr(kernels, "_backend", None)  # a fresh process
     monkeypatch.setenv("RESTUNE_KERNEL_BACKEND", "fast")
     with pytest.raises(ConfigError, match="RESTUNE_KERNEL_BACKEND='fast'"):
         kernels.bypass_group(tokens, w)

@@ -1,4 +1,4 @@
-"""Fused Triton kernels of the multi-task bypass fan-out (DESIGN.md §1).
+"""Fused Triton kernels of the multi-task bypass fan-out (docs/kernels.md, "The multi-task bypass fan-out").
 
 Every op here has a PyTorch twin in `restuning/kernels/reference.py` that it must match
 (tests/kernels): the reference is the spec, these are the fast path on CUDA.
@@ -13,7 +13,7 @@ Importing this package does not import Triton's kernels; they load on the first 
 compiled for CUDA tensors or under Triton's interpreter when TRITON_INTERPRET=1
 (which is how CPU tensors run them: tests and CI). See `_runtime.py`.
 """
-from restuning.kernels.triton._runtime import SUPPORTED_DTYPES, interpreting, triton_importable
+from restuning.kernels.triton._runtime import SUPPORTED_DTYPES, check_launchable, interpreting, triton_importable
 from restuning.kernels.triton.bypass import (
     MODES,
     bypass_group,
@@ -30,6 +30,7 @@ __all__ = [
     "bypass_group",
     "bypass_mode",
     "bypass_stage",
+    "check_launchable",
     "group_logits",
     "interpreting",
     "norm_pool_logits",

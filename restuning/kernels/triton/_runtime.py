@@ -25,7 +25,6 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import triton
 
 from restuning.errors import ConfigError
 
@@ -49,6 +48,8 @@ def triton_importable() -> bool:
 
 def interpreting() -> bool:
     """True when Triton's interpreter is on now (TRITON_INTERPRET, read at every launch)."""
+    import triton  # only CUDA builds of torch bring triton; triton_importable() asks first
+
     knobs = getattr(triton, "knobs", None)  # Triton ≥ 3.4; older ones read the variable directly
     if knobs is not None:
         return bool(knobs.runtime.interpret)
@@ -62,6 +63,8 @@ def kernel_module(interpret: bool) -> ModuleType:
         return module
     with _lock:
         if interpret not in _modules:
+            import triton  # see triton_importable
+
             if not interpret and not isinstance(triton.language.standard._sum_combine, triton.runtime.JITFunction):
                 raise ConfigError(
                     "Triton was first imported with TRITON_INTERPRET=1, so its standard library is interpreted and "
@@ -81,6 +84,8 @@ def kernel_module(interpret: bool) -> ModuleType:
 @contextlib.contextmanager
 def _interpret_setting(interpret: bool):
     """TRITON_INTERPRET (and Triton's knob) set to `interpret` inside the block, restored after."""
+    import triton  # only CUDA builds of torch bring triton; triton_importable() asks first
+
     knob = triton.knobs.runtime if hasattr(triton, "knobs") else types.SimpleNamespace()  # Triton < 3.4
     env_before = os.environ.get("TRITON_INTERPRET")
     dict_before = knob.__dict__.get("interpret", _MISSING)
