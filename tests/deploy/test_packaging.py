@@ -199,10 +199,10 @@ def test_dockerfile(flavor):
 
 @pytest.mark.parametrize("flavor", ["cpu", "gpu"])
 def test_dockerfile_torch_matches_pyproject(flavor):
-    """torch comes from its own index first; a different range would make `pip install .` replace it."""
+    """torch comes from its own index first; a different range would make `pip install ".[server,…]"` replace it."""
     import tomllib
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["model"]
     torch_spec = next(d for d in deps if re.match(r"torch\b(?!vision)", d))
     text = dc.DOCKERFILES[flavor].read_text()
     assert re.search(r'pip install --index-url "\$\{TORCH_INDEX_URL\}" "' + re.escape(torch_spec) + '"', text), torch_spec
