@@ -20,13 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 DATABASES = 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pong(port: int) -> bool:

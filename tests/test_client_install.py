@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from tests.live_server import LiveServer
-from tests.server.helpers import make_artifact, png_bytes
+from tests.helpers import LiveServer, make_artifact, png_bytes
 from tuner_store.artifact import encode_artifact
 
 pytestmark = pytest.mark.e2e

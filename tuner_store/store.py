@@ -91,18 +91,19 @@ class TunerStore(ABC):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def put(self, artifact: TunerArtifact | bytes, *, check: Callable[[TunerArtifact], None] | None = None
-            ) -> TunerRecord:
+    def put(self, artifact: TunerArtifact | bytes, *, backbone_fingerprint: str | None = None,
+            check: Callable[[TunerArtifact], None] | None = None) -> TunerRecord:
         """Validate, then store as the next version; the same content again returns the existing record.
 
-        The bytes are decoded (and so validated) once, here; `check` may refuse the decoded artifact (raise
-        ArtifactError) before anything is written, e.g. a tuner trained on other backbone weights.
-        The artifact's own `version` is ignored: the store assigns versions.
+        The bytes are decoded (and so validated) once, here. `backbone_fingerprint` refuses a tuner trained on
+        other backbone weights; `check` may refuse the decoded artifact for any other reason (raise
+        ArtifactError). Nothing is written when either refuses. The store assigns versions; the artifact's own
+        `version` is ignored.
         """
         data = _encode(artifact) if isinstance(artifact, TunerArtifact) else artifact
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ArtifactError(f"put takes a TunerArtifact or bytes, got {type(artifact).__name__}")
-        decoded = decode_artifact(data, max_bytes=self.max_artifact_bytes)
+        decoded = decode_artifact(data, max_bytes=self.max_artifact_bytes, backbone_fingerprint=backbone_fingerprint)
         if check is not None:
             check(decoded)
         sha = config_from_header(parse_header(data))["weights_sha256"]

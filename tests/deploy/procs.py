@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.redis_fixture import _pong, free_port
+from tests.helpers import free_port
+from tests.redis_fixture import _pong
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.deploy import kube
-from tests.live_server import LiveServer
+from tests.helpers import LiveServer
 
 TOKEN = "rollout-test-token"
 

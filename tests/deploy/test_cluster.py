@@ -16,8 +16,7 @@ import pytest
 
 from clients.client import RestuneClient, ServerError
 from tests.deploy.procs import ClassifyLoad, PersistentRedis, wait_until
-from tests.live_server import LiveServer
-from tests.server.helpers import png_bytes
+from tests.helpers import LiveServer, png_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +65,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact_bytes(micro_backbone):
     """name, seed -> artifact bytes for the micro backbone the replicas run (random:0)."""
-    from tests.server.helpers import make_artifact
+    from tests.helpers import make_artifact
     from tuner_store.artifact import encode_artifact
 
     def make(name: str, seed: int = 0, num_classes: int = 3) -> bytes:
@@ -211,7 +210,7 @@ def test_redis_killed_and_restarted_under_classify_load(cluster, artifact_bytes)
 
 def test_corrupt_uploads_under_load_are_4xx_and_change_nothing(cluster, artifact_bytes, micro_backbone):
     from restuning.backbones import create_backbone
-    from tests.server.helpers import make_artifact
+    from tests.helpers import make_artifact
     from tuner_store.artifact import encode_artifact
 
     redis, a, b, _ = cluster
@@ -273,7 +272,7 @@ def test_redis_restarted_without_persistence_resyncs(tmp_path, run_app, micro_ba
     """Redis comes back empty: the replica notices the log went backwards and follows the store (now empty)."""
     import asyncio
 
-    from tests.server.helpers import make_artifact, server_settings
+    from tests.helpers import make_artifact, server_settings
     from tuner_store.urls import open_store
 
     redis = PersistentRedis(tmp_path / "redis", appendonly=False).start()

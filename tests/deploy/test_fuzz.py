@@ -15,8 +15,7 @@ import pytest
 
 from tests.deploy.procs import wait_until
 from tests.deploy.test_security import LEAKS, dds_with_unknown_pixel_format, png_header_only
-from tests.live_server import LiveServer
-from tests.server.helpers import png_bytes
+from tests.helpers import LiveServer, png_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +26,7 @@ SEED = 8
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, micro_backbone):
-    from tests.server.helpers import make_artifact
+    from tests.helpers import make_artifact
     from tuner_store.urls import open_store
 
     root = tmp_path_factory.mktemp("fuzz")
@@ -66,7 +65,7 @@ def test_schemathesis_finds_no_server_errors(live):
 
 
 def test_hostile_requests_through_uvicorn_leak_nothing(live, micro_backbone):
-    from tests.server.helpers import make_artifact
+    from tests.helpers import make_artifact
     from tuner_store.artifact import encode_artifact
 
     server, _, store_path = live
@@ -117,7 +116,7 @@ def test_the_container_healthchecks_probe_a_real_server(live):
     from pathlib import Path
 
     from tests.deploy import compose as dc
-    from tests.live_server import free_port
+    from tests.helpers import free_port
 
     server, _, _ = live
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -185,7 +185,7 @@ def test_the_probes_answer_as_the_manifests_assume(store_url, run_app, tmp_path)
     import shutil as sh
     from pathlib import Path
 
-    from tests.server.helpers import server_settings
+    from tests.helpers import server_settings
 
     async def main():
         async with run_app(server_settings(store_url)) as app:
@@ -219,7 +219,7 @@ def test_the_probes_answer_as_the_manifests_assume(store_url, run_app, tmp_path)
 
 
 def _closed_port() -> int:
-    from tests.live_server import free_port
+    from tests.helpers import free_port
 
     return free_port()  # bound and released: nothing listens there
 

@@ -19,7 +19,7 @@ import pytest
 from tests.deploy.balancer import BalancedLoad, ReadinessBalancer
 from tests.deploy.procs import wait_until
 from tests.deploy.replicas import TOKEN, manifest_drain, replica, sigterm, start_together
-from tests.server.helpers import make_artifact, png_bytes
+from tests.helpers import make_artifact, png_bytes
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.deploy import scans
-from tests.server.helpers import make_artifact, png_bytes, server_settings
+from tests.helpers import make_artifact, png_bytes, server_settings
 
 TOKEN = "security-test-token"
 LEAKS = ("Traceback", "/work/", "site-packages", 'File "', ".py\"", "/tmp/")

@@ -85,9 +85,10 @@ def test_mixed_batch_equals_each_image_alone(tiny_pipe, random_tuners):
 
 
 def test_png_and_other_samplers(tiny_pipe, random_tuners):
-    from PIL import Image
     import base64
     import io
+
+    from PIL import Image
 
     ddim = tiny_pipe.generate(["a cat"], ["s1"], random_tuners, sampler="ddim", seed=1, **SMALL)
     no_cfg = tiny_pipe.generate(["a cat"], ["s1"], random_tuners, guidance_scale=1.0, seed=1, **SMALL)

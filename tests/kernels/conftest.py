@@ -16,7 +16,6 @@ import pytest
 # Imported at collection, with TRITON_INTERPRET unset: Triton decorates its own standard
 # library once, at import, and the compiled kernels need it compiled (see _runtime.py).
 import restuning.kernels.triton._runtime  # noqa: F401
-
 from tests.kernels.kernel_cases import Case
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.helpers import RunningApp, make_artifact
+from tests.helpers import RunningApp, make_artifact
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import base64
 import pytest
 import torch
 
-from tests.server.helpers import MICRO, make_artifact, png_bytes, server_settings
+from tests.helpers import MICRO, make_artifact, png_bytes, server_settings
 
 
 def b64(data: bytes) -> str:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from clients.client import AsyncRestuneClient, RestuneClient, ServerError
-from tests.server.helpers import make_artifact, png_bytes, server_settings
+from tests.helpers import make_artifact, png_bytes, server_settings
 from tuner_store.artifact import encode_artifact
 
 

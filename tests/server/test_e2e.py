@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.live_server import LiveServer
+from tests.helpers import LiveServer
 
 pytestmark = pytest.mark.e2e
 

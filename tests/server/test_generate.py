@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.server.helpers import png_bytes, server_settings
+from tests.helpers import png_bytes, server_settings
 
 
 @pytest.fixture(scope="module")
 def style_artifacts():
-    from restuning.diffusion.pipeline import StylePipeline
     from bench.generate import random_tuner
+    from restuning.diffusion.pipeline import StylePipeline
     from training.style import style_artifact
 
     pipe = StylePipeline.load("tiny-random", device="cpu")

@@ -9,7 +9,7 @@ def test_tuner_churn_frees_old_snapshots(store_url, run_app, micro_backbone):
 
     from restuning.bypass import ResTuningBypass
     from restuning.engine import MultiTaskEngine
-    from tests.server.helpers import make_artifact, server_settings
+    from tests.helpers import make_artifact, server_settings
     from tuner_store.artifact import encode_artifact
 
     def alive(cls) -> int:

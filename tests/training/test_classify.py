@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from restune.cli import main
+from tests.helpers import free_port
 from tests.training.conftest import MICRO
 from training.classify import ClassifyOptions, train_classify
 from training.methods import MethodSpec
@@ -73,12 +73,6 @@ def test_baselines_are_saved_but_never_pushed(image_folder, tmp_path):
         train_classify(_options(image_folder, tmp_path, method="full", push=f"file://{tmp_path}/s"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_push_to_a_running_server_with_the_admin_token(image_folder, tmp_path, monkeypatch):
     uvicorn = pytest.importorskip("uvicorn")
@@ -88,7 +82,7 @@ def test_push_to_a_running_server_with_the_admin_token(image_folder, tmp_path, m
 
     settings = ServerSettings(backbone=MICRO, weights="random:0", store=f"file://{tmp_path / 'srv'}", device="cpu",
                               dtype="float32", admin_token="s3cret")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def main() -> int:
-    import restuning.bypass  # noqa: F401  (imported now, not during the race)
     import safetensors.torch  # noqa: F401
 
+    import restuning.bypass  # noqa: F401  (imported now, not during the race)
     from tuner_store import open_store
 
     print("ready", flush=True)

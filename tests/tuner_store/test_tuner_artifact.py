@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+
 from tests.tuner_store.tuner_helpers import (
     BAD_INPUT_IDS,
     LABELS,
@@ -20,7 +21,6 @@ from tests.tuner_store.tuner_helpers import (
     make_bypass,
     with_tensor,
 )
-
 from tuner_store import (
     ArtifactError,
     build_tuner,
@@ -205,14 +205,15 @@ def test_name_rules(name, ok):
 
 
 def test_diffusion_kind_without_its_module_is_a_clear_error(micro_backbone, monkeypatch):
-    monkeypatch.setitem(sys.modules, "restuning.diffusion", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "restuning.diffusion.bypass", None)  # import raises ModuleNotFoundError
     artifact = replace(make_artifact(micro_backbone), kind="diffusion", labels=[])
-    with pytest.raises(ArtifactError, match="diffusion artifacts are not supported by this build"):
+    with pytest.raises(ArtifactError, match="diffusion artifacts cannot be checked here"):
         decode_artifact(encode_artifact(artifact))
 
 
 def test_diffusion_kind_uses_the_validator_registered_for_it(micro_backbone, monkeypatch):
-    """The registry calls restuning.diffusion.expected_state_shapes(tuner, backbone) and checks shapes with it."""
+    """The diffusion kind calls restuning.diffusion.bypass.expected_state_shapes(tuner, backbone) and checks shapes
+    with it."""
     from restuning.errors import ConfigError
 
     calls = []
@@ -225,9 +226,9 @@ def test_diffusion_kind_uses_the_validator_registered_for_it(micro_backbone, mon
             return tuner["channels"]  # a validator tripping over bad JSON must not crash the caller
         return {"up.weight": (4, 2)}
 
-    module = types.ModuleType("restuning.diffusion")
+    module = types.ModuleType("restuning.diffusion.bypass")
     module.expected_state_shapes = expected_state_shapes
-    monkeypatch.setitem(sys.modules, "restuning.diffusion", module)
+    monkeypatch.setitem(sys.modules, "restuning.diffusion.bypass", module)
     base = replace(make_artifact(micro_backbone), kind="diffusion", labels=[], tuner={"groups": 2},
                    tensors={"up.weight": torch.ones(4, 2)})
     assert decode_artifact(encode_artifact(base)).kind == "diffusion"

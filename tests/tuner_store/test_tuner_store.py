@@ -216,7 +216,7 @@ def test_put_refuses_what_is_not_an_artifact(store):
 
 
 def test_unreachable_redis_is_a_clear_error(micro_backbone):
-    from tests.redis_fixture import free_port
+    from tests.helpers import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     store = open_store(url)

@@ -99,7 +99,7 @@ def test_unknown_store_scheme(capsys):
 
 def test_real_cli_process_fails_with_one_line():
     """The installed entry point, as a user runs it: Redis down -> exit 2 and one line naming the URL."""
-    from tests.redis_fixture import free_port
+    from tests.helpers import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run([sys.executable, "-m", "restune", "tuners", "list", "--store", url], cwd=REPO,
