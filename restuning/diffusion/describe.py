@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from restuning.diffusion.bypass import (
     DEFAULT_CONV_GROUPS,
@@ -42,6 +41,8 @@ def _unet_config(model: str) -> dict:
 
 def meta_tap_shapes(unet_config: dict, latent_size: int) -> dict[str, list[int]]:
     """Shapes of the bypass taps for a batch of 1, from a forward on the meta device."""
+    from diffusers import UNet2DConditionModel  # slow to import (seconds); only models need it
+
     with torch.device("meta"):
         unet = UNet2DConditionModel(**unet_config)
     tapped = TappedUNet(unet)
@@ -61,7 +62,9 @@ def describe_diffusion(
     shapes: bool = True,
 ) -> dict:
     """Trainable parameters of one style tuner on `model` ('sd-v1.5', 'tiny-random' or a directory)."""
-    ensure_offline()
+    ensure_offline()  # before the Hugging Face libraries are imported
+    from diffusers import UNet2DConditionModel  # slow to import (seconds); only models need it
+
     unet_config = _unet_config(model)
     problems = layout_problems(unet_config)
     if problems:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from restuning.errors import ConfigError
 
@@ -131,7 +129,9 @@ def tiny_vocab() -> dict[str, int]:
 
 def build_tiny_random(seed: int = TINY_SEED) -> DiffusionComponents:
     """The tiny SD-shaped model, deterministic for a seed; the global RNG is left untouched."""
-    ensure_offline()
+    ensure_offline()  # before the Hugging Face libraries are imported
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # slow to import (seconds); only models need it
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # slow to import (seconds); only models need it
 
     vocab = tiny_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
@@ -194,7 +194,10 @@ def directory_problems(path: Path) -> list[str]:
 
 
 def load_directory(path: str | os.PathLike) -> DiffusionComponents:
-    ensure_offline()
+    ensure_offline()  # before the Hugging Face libraries are imported
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # slow to import (seconds); only models need it
+    from transformers import CLIPTextModel, CLIPTokenizer  # slow to import (seconds); only models need it
+
     path = Path(path)
     problems = directory_problems(path)
     if problems:

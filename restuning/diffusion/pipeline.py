@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from diffusers import DDIMScheduler, PNDMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -293,6 +292,8 @@ def _scheduler_kwargs(cls, config: dict) -> dict:
 
 def make_scheduler(sampler: str, config: dict):
     """A fresh scheduler per generation: PNDM/PLMS and DDIM keep per-run state (PLMS keeps past noise estimates)."""
+    from diffusers import DDIMScheduler, PNDMScheduler  # slow to import (seconds); only models need it
+
     sampler = SAMPLER_ALIASES.get(sampler, sampler)
     if sampler == "pndm":
         # skip_prk_steps: plain PLMS, as Stable Diffusion samples (the paper's "50 PLMS steps").

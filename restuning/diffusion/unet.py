@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch import nn
 
 from restuning.errors import ConfigError, InputError
@@ -83,6 +82,8 @@ def tap_channels(config: dict) -> list[int]:
 
 def sd15_unet_structure():
     """The SD v1.5 U-Net built on the meta device (no memory, no weights): for parameter counts and shapes."""
+    from diffusers import UNet2DConditionModel  # slow to import (seconds); only models need it
+
     with torch.device("meta"):
         return UNet2DConditionModel(**SD15_UNET_CONFIG)
 

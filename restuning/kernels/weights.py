@@ -17,7 +17,7 @@ Heads with smaller hidden sizes are padded exactly: zero columns/rows for GELU
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -52,29 +52,12 @@ class GroupWeights:
     def num_stages(self) -> int:
         return len(self.layers)
 
-    def to(self, device=None, dtype=None) -> "GroupWeights":
-        def move(t):
-            return None if t is None else t.to(device=device, dtype=dtype)
+    TENSORS = ("h_down_w", "h_down_b", "v_down_w", "v_down_b", "up_w", "up_b", "lam", "head_w", "head_b")
 
-        return GroupWeights(
-            names=list(self.names),
-            layers=self.layers,
-            pooling=self.pooling,
-            h_act=self.h_act,
-            v_act=self.v_act,
-            h_rank=self.h_rank,
-            v_rank=self.v_rank,
-            h_down_w=move(self.h_down_w),
-            h_down_b=move(self.h_down_b),
-            v_down_w=move(self.v_down_w),
-            v_down_b=move(self.v_down_b),
-            up_w=move(self.up_w),
-            up_b=move(self.up_b),
-            lam=move(self.lam),
-            head_w=move(self.head_w),
-            head_b=move(self.head_b),
-            num_classes=list(self.num_classes),
-        )
+    def to(self, device=None, dtype=None) -> "GroupWeights":
+        moved = {k: None if getattr(self, k) is None else getattr(self, k).to(device=device, dtype=dtype)
+                 for k in self.TENSORS}
+        return replace(self, names=list(self.names), num_classes=list(self.num_classes), **moved)
 
     def select(self, indices: list[int]) -> "GroupWeights":
         """A group holding only the heads at `indices` (in that order)."""
@@ -89,14 +72,9 @@ class GroupWeights:
             s, d, _ = self.h_down_w.shape
             h_down_w = self.h_down_w.view(s, d, t, self.h_rank).index_select(2, idx).reshape(s, d, -1)
             h_down_b = self.h_down_b.view(s, t, self.h_rank).index_select(1, idx).reshape(s, -1)
-        return GroupWeights(
+        return replace(
+            self,
             names=[self.names[i] for i in indices],
-            layers=self.layers,
-            pooling=self.pooling,
-            h_act=self.h_act,
-            v_act=self.v_act,
-            h_rank=self.h_rank,
-            v_rank=self.v_rank,
             h_down_w=h_down_w,
             h_down_b=h_down_b,
             v_down_w=per_head(self.v_down_w, 1),

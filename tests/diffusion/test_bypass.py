@@ -107,7 +107,7 @@ def test_bypass_from_state_round_trip_and_shape_errors():
     del bad["stages.1.vertical.up.bias"]
     with pytest.raises(ConfigError) as info:
         bypass_from_state(config.to_json(), bad)
-    assert "missing tensors ['stages.1.vertical.up.bias']" in str(info.value)
+    assert "missing tensors the config requires: ['stages.1.vertical.up.bias']" in str(info.value)
     assert "stages.0.horizontal.down.weight' has shape [3, 3]" in str(info.value)
 
 
