@@ -1,20 +1,31 @@
-"""Multi-task fan-out: one backbone pass, then every bypass head at once.
+"""Multi-task fan-out: one backbone pass, then the bypass heads each request asked for.
 
-Heads are grouped by (horizontal activation, vertical activation, tapped layers,
-pooling); inside a group their weights are stacked (`kernels.weights`) so each
-layer runs as a few dense or batched GEMMs over all heads, never a Python loop
-over heads inside the layer loop. Each group reads only the token positions its
-pooling needs: class-token heads touch one token per layer.
+Heads are grouped by (horizontal activation, vertical activation, tapped layers, pooling); a group keeps its
+heads' weights in slots (`kernels.slots`): adding, replacing or removing a head writes one slot, so a change
+costs the same with 5 heads or 5,000. Each group reads only the token positions its pooling needs:
+class-token heads touch one token per layer.
 
-An engine is immutable once built: hot-loading builds a new one and swaps the
-reference, so a batch always finishes on the tuner set it started with.
+Two ways to run:
+- `run(tokens, names)`: every image through the same heads. The heads' slots are gathered into the stacked
+  layout of the fused fan-out kernels (cached per head set), where the horizontal down-projections of all
+  heads are one GEMM over the shared tokens.
+- `run_routed(tokens, tasks_per_image)`: image i through its own heads only (per-request routing): the batch
+  computes exactly the (image, task) pairs asked for, never the union, each pair with its own slot.
+  When every image asks for the same heads this is `run`.
+
+Readers never see a half-written slot and a batch finishes on the heads it started with: a batch resolves
+its heads to slots once, inside `reading()`; a new version of a head is written to a free slot and then
+published, and the slot it replaced is reused only after every batch that started before the change has
+finished.
 """
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import itertools
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,107 +33,55 @@ from restuning import kernels
 from restuning.backbones.base import Backbone
 from restuning.bypass import ResTuningBypass
 from restuning.errors import ConfigError, InputError
-from restuning.kernels.weights import ACTIVATION_OF_TYPE, GroupWeights
+from restuning.kernels import slots
+from restuning.kernels.slots import SlotLayout, SlotTensors, covering, layout_of
+from restuning.kernels.weights import GroupWeights
+
+
+def group_key(head: ResTuningBypass) -> tuple:
+    """Heads with the same key share a group (and its slots); sizes are padded within it."""
+    return slots.group_key(layout_of(head, head.embed_dim))
 
 
 @dataclass(frozen=True)
-class GroupKey:
-    h_act: str | None
-    v_act: str | None
-    layers: tuple[int, ...]
-    pooling: str
+class Placement:
+    """Where one head's weights live."""
+
+    group: "SlotGroup"
+    slot: int
+    num_classes: int
+    content: int  # unique per write: identifies the weights in this slot for caches
 
 
-def group_key(head: ResTuningBypass) -> GroupKey:
-    c = head.config
-    return GroupKey(ACTIVATION_OF_TYPE[c.horizontal.type], ACTIVATION_OF_TYPE[c.vertical.type], c.layers, c.pooling)
+@dataclass
+class SlotGroup:
+    """The slots of one group of heads, and the slots waiting until no reader can still use them."""
+
+    tensors: SlotTensors
+    free: list[int] = field(default_factory=list)
+    retired: list[tuple[int, int]] = field(default_factory=list)  # (generation it was retired at, slot)
+    used: int = 0
+
+    @property
+    def layout(self) -> SlotLayout:
+        return self.tensors.layout
 
 
-def _padded_down(tuner, d: int, rank: int, act: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Down-projection padded to `rank` slots: A [D, rank], a [rank]."""
-    form = tuner.two_layer_form()
-    r = form.down_weight.shape[1]
-    a_w = torch.zeros(d, rank, dtype=dtype)
-    a_b = torch.full((rank,), -math.inf if act == "softmax" else 0.0, dtype=dtype)
-    a_w[:, :r] = form.down_weight.detach().to(dtype)
-    a_b[:r] = form.down_bias.detach().to(dtype)
-    return a_w, a_b
+class Reading:
+    """A batch's consistent view: the heads it resolves now are the ones it computes with."""
 
+    def __init__(self, engine: "MultiTaskEngine"):
+        self.engine = engine
 
-def _padded_up(tuner, d: int, rank: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    form = tuner.two_layer_form()
-    r = form.up_weight.shape[0]
-    b_w = torch.zeros(rank, d, dtype=dtype)
-    b_w[:r] = form.up_weight.detach().to(dtype)
-    return b_w, form.up_bias.detach().to(dtype)
-
-
-@torch.no_grad()
-def pack_group(names: Sequence[str], heads: Sequence[ResTuningBypass], embed_dim: int) -> GroupWeights:
-    """Stack T heads of one group into the fan-out layout, in float64 on the CPU (cast by the caller)."""
-    key = group_key(heads[0])
-    if any(group_key(h) != key for h in heads):
-        raise ConfigError("pack_group: every head of a group needs the same activations, layers and pooling")
-    d, t, s_count = embed_dim, len(heads), len(key.layers)
-    f64 = torch.float64
-    h_rank = max(h.config.horizontal.dim for h in heads) if key.h_act else 0
-    v_rank = max(h.config.vertical.dim for h in heads) if key.v_act else 0
-
-    h_down_w = torch.zeros(s_count, d, t * h_rank, dtype=f64) if h_rank else None
-    h_down_b = torch.zeros(s_count, t * h_rank, dtype=f64) if h_rank else None
-    v_down_w = torch.zeros(s_count, t, d, v_rank, dtype=f64) if v_rank else None
-    v_down_b = torch.zeros(s_count, t, v_rank, dtype=f64) if v_rank else None
-    up_w = torch.zeros(s_count, t, h_rank + v_rank, d, dtype=f64) if h_rank + v_rank else None
-    up_b = torch.zeros(s_count, t, d, dtype=f64)
-    lam = torch.zeros(s_count, t, dtype=f64)
-    c_max = max(h.config.num_classes for h in heads)
-    head_w = torch.zeros(t, d, c_max, dtype=f64)
-    head_b = torch.zeros(t, c_max, dtype=f64)
-
-    for i, head in enumerate(heads):
-        lambdas = head.lambdas.detach().to(f64)
-        for s, (_, horizontal, vertical) in enumerate(head.stages()):
-            lam_s = lambdas[s]
-            lam[s, i] = lam_s
-            bias = torch.zeros(d, dtype=f64)
-            if h_rank:
-                a_w, a_b = _padded_down(horizontal, d, h_rank, key.h_act, f64)
-                h_down_w[s, :, i * h_rank : (i + 1) * h_rank] = a_w
-                h_down_b[s, i * h_rank : (i + 1) * h_rank] = a_b
-                b_w, b_b = _padded_up(horizontal, d, h_rank, f64)
-                up_w[s, i, :h_rank] = lam_s * b_w
-                bias += lam_s * b_b
-            if v_rank:
-                a_w, a_b = _padded_down(vertical, d, v_rank, key.v_act, f64)
-                v_down_w[s, i] = a_w
-                v_down_b[s, i] = a_b
-                b_w, b_b = _padded_up(vertical, d, v_rank, f64)
-                up_w[s, i, h_rank:] = (1 - lam_s) * b_w
-                bias += (1 - lam_s) * b_b
-            up_b[s, i] = bias
-        c = head.config.num_classes
-        head_w[i, :, :c] = head.head.weight.detach().to(f64).t()
-        head_b[i, :c] = head.head.bias.detach().to(f64)
-
-    return GroupWeights(
-        names=list(names),
-        layers=key.layers,
-        pooling=key.pooling,
-        h_act=key.h_act,
-        v_act=key.v_act,
-        h_rank=h_rank,
-        v_rank=v_rank,
-        h_down_w=h_down_w,
-        h_down_b=h_down_b,
-        v_down_w=v_down_w,
-        v_down_b=v_down_b,
-        up_w=up_w,
-        up_b=up_b,
-        lam=lam,
-        head_w=head_w,
-        head_b=head_b,
-        num_classes=[h.config.num_classes for h in heads],
-    )
+    def resolve(self, names: Sequence[str]) -> list[tuple[SlotTensors, Placement]]:
+        where = self.engine._where
+        out = []
+        for name in names:
+            placement = where.get(name)
+            if placement is None:
+                raise InputError(f"unknown tasks {[name]}; loaded: {len(where)} tuners")
+            out.append((placement.group.tensors, placement))
+        return out
 
 
 class MultiTaskEngine:
@@ -131,12 +90,13 @@ class MultiTaskEngine:
     def __init__(
         self,
         backbone: Backbone,
-        heads: Mapping[str, ResTuningBypass],
+        heads: Mapping[str, ResTuningBypass] | None = None,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         subset_cache_size: int = 32,
         kernel_backend: str | None = None,
+        initial_capacity: int = 4,
     ):
         """kernel_backend: "auto" | "torch" | "triton", or None to follow `kernels.set_backend` (see kernels)."""
         self.kernel_backend = kernels.check_backend(kernel_backend) if kernel_backend is not None else None
@@ -144,22 +104,20 @@ class MultiTaskEngine:
         param = next(backbone.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
-        embed_dim = backbone.embed_dim
-        for name, head in heads.items():
-            if head.embed_dim != embed_dim:
-                raise ConfigError(f"head {name!r} expects embed dim {head.embed_dim}, the backbone has {embed_dim}")
-            if max(head.config.layers) > backbone.depth:
-                raise ConfigError(f"head {name!r} taps block {max(head.config.layers)}; the backbone has {backbone.depth}")
-        by_key: dict[GroupKey, list[str]] = OrderedDict()
-        for name in heads:
-            by_key.setdefault(group_key(heads[name]), []).append(name)
-        self.groups: list[GroupWeights] = [
-            pack_group(names, [heads[n] for n in names], embed_dim).to(self.device, self.dtype)
-            for names in by_key.values()
-        ]
-        self._where = {name: (g, i) for g, group in enumerate(self.groups) for i, name in enumerate(group.names)}
-        self._subset_cache: OrderedDict[tuple, list[GroupWeights]] = OrderedDict()
-        self._subset_cache_size = subset_cache_size
+        self.initial_capacity = initial_capacity
+        self._groups: dict[tuple, SlotGroup] = {}
+        self._where: dict[str, Placement] = {}
+        self._lock = threading.Lock()  # serialises writers; readers never wait for a write
+        self._readers: Counter[int] = Counter()  # generation a running batch started at -> how many
+        self._readers_lock = threading.Lock()
+        self._generation = 0
+        self._content = itertools.count(1)
+        self._dense_cache: OrderedDict[tuple, GroupWeights] = OrderedDict()
+        self._dense_cache_size = subset_cache_size
+        for name, head in (heads or {}).items():
+            self.put(name, head)
+
+    # -- the head set -------------------------------------------------------------------------------------
 
     @property
     def names(self) -> list[str]:
@@ -168,46 +126,169 @@ class MultiTaskEngine:
     def __len__(self) -> int:
         return len(self._where)
 
-    def _groups_for(self, names: Sequence[str] | None) -> list[GroupWeights]:
-        if names is None:
-            return self.groups
-        unknown = [n for n in names if n not in self._where]
-        if unknown:
-            raise InputError(f"unknown tasks {unknown}; loaded: {sorted(self._where)}")
-        key = tuple(dict.fromkeys(names))
-        cached = self._subset_cache.get(key)
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    @property
+    def groups(self) -> list[SlotGroup]:
+        return list(self._groups.values())
+
+    def slot_bytes(self, name: str) -> int:
+        """Bytes one head's slot takes in its group (padding included)."""
+        return self._where[name].group.tensors.nbytes_per_slot()
+
+    def _check(self, name: str, head: ResTuningBypass) -> None:
+        if head.embed_dim != self.backbone.embed_dim:
+            raise ConfigError(f"head {name!r} expects embed dim {head.embed_dim}, the backbone has "
+                              f"{self.backbone.embed_dim}")
+        if max(head.config.layers) > self.backbone.depth:
+            raise ConfigError(f"head {name!r} taps block {max(head.config.layers)}; the backbone has "
+                              f"{self.backbone.depth}")
+
+    def put(self, name: str, head: ResTuningBypass) -> None:
+        """Add `name`, or replace its head: one slot is written, then published."""
+        self._check(name, head)
+        layout = layout_of(head, self.backbone.embed_dim)
+        key = slots.group_key(layout)
+        with self._lock:
+            group = self._groups.get(key)
+            if group is None:
+                group = SlotGroup(SlotTensors.empty(layout, self.initial_capacity, device=self.device,
+                                                   dtype=self.dtype))
+                group.free = list(range(self.initial_capacity - 1, -1, -1))
+                self._groups[key] = group
+            slot = self._allocate(group, layout)
+            group.tensors.write(slot, head)
+            old = self._where.get(name)
+            self._where[name] = Placement(group, slot, head.config.num_classes, next(self._content))
+            self._retire(old)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._retire(self._where.pop(name, None))
+
+    def _retire(self, placement: Placement | None) -> None:
+        """A slot nobody new will read; reused once the batches that started before now have finished."""
+        self._generation += 1
+        if placement is not None:
+            placement.group.retired.append((self._generation, placement.slot))
+            placement.group.used -= 1
+
+    def _allocate(self, group: SlotGroup, layout: SlotLayout) -> int:
+        oldest = self._oldest_reader()
+        still_read = []
+        for generation, slot in group.retired:
+            if oldest is None or oldest >= generation:  # every running batch started after it was retired
+                group.free.append(slot)
+            else:
+                still_read.append((generation, slot))
+        group.retired = still_read
+        needed = covering(group.layout, layout)
+        if not group.free or needed != group.layout:
+            old_capacity = group.tensors.capacity
+            capacity = old_capacity * 2 if not group.free else old_capacity
+            # a new tensor set: readers keep the old one (still intact), writers use the new one
+            group.tensors = group.tensors.relaid(needed, capacity)
+            group.free.extend(range(capacity - 1, old_capacity - 1, -1))
+            self._dense_cache.clear()
+        group.used += 1
+        return group.free.pop()
+
+    # -- readers ------------------------------------------------------------------------------------------
+
+    def _oldest_reader(self) -> int | None:
+        with self._readers_lock:
+            return min(self._readers) if self._readers else None
+
+    @contextmanager
+    def reading(self) -> Iterator[Reading]:
+        """Resolve a batch's heads inside this block; their slots stay as they are until it ends."""
+        with self._readers_lock:
+            generation = self._generation
+            self._readers[generation] += 1
+        try:
+            yield Reading(self)
+        finally:
+            with self._readers_lock:
+                self._readers[generation] -= 1
+                if not self._readers[generation]:
+                    del self._readers[generation]
+
+    # -- compute ------------------------------------------------------------------------------------------
+
+    def _dense(self, resolved: list[tuple[SlotTensors, Placement]], names: list[str]) -> GroupWeights:
+        key = tuple((id(t), p.slot, p.content) for t, p in resolved)
+        cached = self._dense_cache.get(key)
         if cached is not None:
-            self._subset_cache.move_to_end(key)
+            self._dense_cache.move_to_end(key)
             return cached
-        wanted: dict[int, list[int]] = OrderedDict()
-        for name in key:
-            g, i = self._where[name]
-            wanted.setdefault(g, []).append(i)
-        groups = [
-            self.groups[g] if len(idx) == self.groups[g].num_heads and idx == sorted(idx) else self.groups[g].select(idx)
-            for g, idx in wanted.items()
-        ]
-        self._subset_cache[key] = groups
-        if len(self._subset_cache) > self._subset_cache_size:
-            self._subset_cache.popitem(last=False)
-        return groups
+        tensors = resolved[0][0]
+        dense = tensors.dense([p.slot for _, p in resolved], names, [p.num_classes for _, p in resolved])
+        self._dense_cache[key] = dense
+        if len(self._dense_cache) > self._dense_cache_size:
+            self._dense_cache.popitem(last=False)
+        return dense
+
+    def _selected(self, tokens: Sequence[torch.Tensor], pooling: str) -> list[torch.Tensor]:
+        positions = self.backbone.token_positions(pooling)
+        return [t[:, positions].to(self.dtype) for t in tokens]
+
+    def _check_tokens(self, tokens: Sequence[torch.Tensor]) -> None:
+        if len(tokens) != self.backbone.depth + 1:
+            raise InputError(f"expected {self.backbone.depth + 1} feature tensors (x_0 … x_L), got {len(tokens)}")
 
     @torch.inference_mode()
     def run(self, tokens: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Logits per task from captured features [x_0 … x_L] (each [B, N, D]); {name: [B, C]}."""
-        if len(tokens) != self.backbone.depth + 1:
-            raise InputError(f"expected {self.backbone.depth + 1} feature tensors (x_0 … x_L), got {len(tokens)}")
-        out: dict[str, torch.Tensor] = {}
-        for group in self._groups_for(names):
-            positions = self.backbone.token_positions(group.pooling)
-            selected = [t[:, positions].to(self.dtype) for t in tokens]
-            # bypass [T, B, N_sel, D] → final norm + pooling → heads: fused Triton kernels on CUDA
-            logits = kernels.group_logits(selected, group, self.backbone, backend=self.kernel_backend)  # [B, T, C_max]
-            for i, name in enumerate(group.names):
-                out[name] = logits[:, i, : group.num_classes[i]]
-        if names is not None:
-            out = {n: out[n] for n in names}
-        return out
+        """Logits per task from captured features [x_0 … x_L] (each [B, N, D]) for every image; {name: [B, C]}."""
+        self._check_tokens(tokens)
+        with self.reading() as read:
+            wanted = list(dict.fromkeys(self.names if names is None else names))
+            unknown = [n for n in wanted if n not in self._where]
+            if unknown:
+                raise InputError(f"unknown tasks {unknown}; loaded: {sorted(self._where)}")
+            resolved = dict(zip(wanted, read.resolve(wanted)))
+            by_group: dict[int, list[str]] = OrderedDict()
+            for name in wanted:
+                by_group.setdefault(id(resolved[name][0]), []).append(name)
+            out: dict[str, torch.Tensor] = {}
+            for group_names in by_group.values():
+                items = [resolved[n] for n in group_names]
+                dense = self._dense(items, group_names)
+                selected = self._selected(tokens, dense.pooling)
+                logits = kernels.group_logits(selected, dense, self.backbone, backend=self.kernel_backend)
+                for i, name in enumerate(group_names):
+                    out[name] = logits[:, i, : dense.num_classes[i]]
+        return {n: out[n] for n in wanted} if names is not None else out
+
+    @torch.inference_mode()
+    def run_routed(self, tokens: Sequence[torch.Tensor],
+                   tasks_per_image: Sequence[Sequence[str]]) -> list[dict[str, torch.Tensor]]:
+        """Image i through its own tasks only: [{task: logits [C]}] per image, in each image's task order."""
+        self._check_tokens(tokens)
+        if len(tasks_per_image) != tokens[0].shape[0]:
+            raise InputError(f"{len(tasks_per_image)} task lists for {tokens[0].shape[0]} images")
+        first = list(tasks_per_image[0]) if tasks_per_image else []
+        if all(list(t) == first for t in tasks_per_image):
+            logits = self.run(tokens, first)  # the same heads for every image: the stacked layout
+            return [{name: logits[name][i] for name in first} for i in range(len(tasks_per_image))]
+        with self.reading() as read:
+            pairs: dict[int, list[tuple[int, str, Placement]]] = OrderedDict()
+            tensors_of: dict[int, SlotTensors] = {}
+            for i, tasks in enumerate(tasks_per_image):
+                for name, (tensors, placement) in zip(tasks, read.resolve(list(tasks))):
+                    pairs.setdefault(id(tensors), []).append((i, name, placement))
+                    tensors_of[id(tensors)] = tensors
+            out: list[dict[str, torch.Tensor]] = [{} for _ in tasks_per_image]
+            for key, group_pairs in pairs.items():
+                tensors = tensors_of[key]
+                image = torch.tensor([i for i, _, _ in group_pairs], device=self.device)
+                slot = torch.tensor([p.slot for _, _, p in group_pairs], device=self.device)
+                selected = self._selected(tokens, tensors.layout.pooling)
+                logits = kernels.routed_group_logits(selected, image, slot, tensors, self.backbone,
+                                                     backend=self.kernel_backend)  # [P, C]
+                for row, (i, name, placement) in enumerate(group_pairs):
+                    out[i][name] = logits[row, : placement.num_classes]
+        return [{name: o[name] for name in tasks} for o, tasks in zip(out, tasks_per_image)]
 
     def classify(self, images: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Backbone once, then every requested head."""

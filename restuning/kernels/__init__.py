@@ -137,6 +137,23 @@ def group_logits(
     return reference.heads_logits(pooled, w.head_w, w.head_b)
 
 
+def routed_group_logits(
+    tokens: Sequence[torch.Tensor],  # [x_0 … x_L], each [B, N, D], cut to the group's pooling positions
+    image: torch.Tensor,  # [P] int64: the image of each (image, task) pair
+    slot: torch.Tensor,  # [P] int64: the slot of each pair's tuner
+    w,  # restuning.kernels.slots.SlotTensors
+    backbone,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:  # [P, C]
+    """Logits of exactly the (image, task) pairs asked for (per-request routing): routed bypass stages (a Triton
+    kernel that segments rows by slot on CUDA), then the backbone's norm + pooling and each pair's head."""
+    grad = _records_grad(*tokens, w.up_b, w.lam, w.head_w)
+    if use_triton(tokens[0], backend, grad=grad):
+        return reference.routed_group_logits(tokens, image, slot, w, backbone, stage=_triton_ops().routed_bypass_stage)
+    return reference.routed_group_logits(tokens, image, slot, w, backbone)
+
+
 def routed_adapter(
     x, row_tuner, down_w, down_b, up_w, up_b, activation_kind: str = "gelu", *, backend: str | None = None
 ) -> torch.Tensor:
@@ -147,4 +164,5 @@ def routed_adapter(
 
 
 __all__ = ["ACTIVATION_OF_TYPE", "BACKENDS", "GroupWeights", "LayerNormSpec", "bypass_group", "check_backend",
-           "get_backend", "group_logits", "pool_norms", "routed_adapter", "set_backend", "use_triton"]
+           "get_backend", "group_logits", "pool_norms", "routed_adapter", "routed_group_logits", "set_backend",
+           "use_triton"]

@@ -87,6 +87,55 @@ def routed_adapter(
     return out
 
 
+def routed_bypass_stage(
+    x: torch.Tensor,  # [B, N, D]  backbone tokens x_l of every image
+    image: torch.Tensor,  # [P] int64: the image of each (image, task) pair
+    b: torch.Tensor,  # [P, N, D]  bypass state b_{l−1} of every pair
+    slot: torch.Tensor,  # [P] int64: the slot (tuner) of each pair
+    w,  # restuning.kernels.slots.SlotTensors
+    s: int,
+) -> torch.Tensor:  # [P, N, D]
+    """One bypass stage where every (image, task) pair has its own tuner (per-request routing, Punica SGMV
+    style): only the pairs a batch asked for are computed, never the union of tasks for every image."""
+    lay = w.layout
+    xs = x.index_select(0, image)  # [P, N, D]
+    hidden = []
+    if lay.h_act is not None:
+        h = torch.baddbmm(w.h_down_b[s].index_select(0, slot)[:, None, :], xs, w.h_down_w[s].index_select(0, slot))
+        hidden.append(activation(h, lay.h_act))  # [P, N, r_h]
+    if lay.v_act is not None:
+        v = torch.baddbmm(w.v_down_b[s].index_select(0, slot)[:, None, :], b, w.v_down_w[s].index_select(0, slot))
+        hidden.append(activation(v, lay.v_act))  # [P, N, r_v]
+    up_b = w.up_b[s].index_select(0, slot)[:, None, :]  # [P, 1, D]
+    if hidden:
+        g = hidden[0] if len(hidden) == 1 else torch.cat(hidden, dim=-1)
+        out = torch.baddbmm(up_b, g, w.up_w[s].index_select(0, slot))  # λ·up_h + (1−λ)·up_v + bias
+    else:
+        out = up_b.expand_as(b).clone()
+    lam = w.lam[s].index_select(0, slot)[:, None, None]
+    out.addcmul_(b, 1 - lam)
+    out.addcmul_(xs, lam)
+    return out
+
+
+def routed_group_logits(
+    tokens: Sequence[torch.Tensor],  # [x_0 … x_L], each [B, N, D], cut to the group's pooling positions
+    image: torch.Tensor,  # [P] int64: the image of each (image, task) pair
+    slot: torch.Tensor,  # [P] int64: the slot of each pair's tuner
+    w,  # restuning.kernels.slots.SlotTensors
+    backbone,
+    *,
+    stage=routed_bypass_stage,
+) -> torch.Tensor:  # [P, C]
+    """Logits of every (image, task) pair: routed bypass stages, the backbone's final norm + pooling, the head."""
+    b = tokens[0].index_select(0, image)
+    for s, layer in enumerate(w.layout.layers):
+        b = stage(tokens[layer], image, b, slot, w, s)
+    pooled = backbone.pool(b)  # [P, D]
+    return torch.baddbmm(w.head_b.index_select(0, slot)[:, None, :], pooled[:, None, :],
+                         w.head_w.index_select(0, slot))[:, 0]
+
+
 @dataclass(frozen=True)
 class LayerNormSpec:
     """A frozen LayerNorm over the last dim: (x − mean)/sqrt(var + eps)·weight + bias (weight/bias optional)."""

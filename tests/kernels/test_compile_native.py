@@ -34,6 +34,22 @@ VARIANTS = [
 ]
 
 
+def routed_slots(case: Case, dtype):
+    """Slot tensors of the case's group shape (every slot random), as the engine holds them."""
+    from restuning.kernels.slots import TENSORS, SlotLayout, SlotTensors
+
+    layout = SlotLayout(layers=tuple(range(1, case.stages + 1)), pooling="token", h_act=case.h_act,
+                        v_act=case.v_act, h_rank=case.dim if case.h_act else 0, v_rank=case.dim if case.v_act else 0,
+                        classes=11, embed_dim=case.width)
+    slots = SlotTensors.empty(layout, case.heads, device="cpu", dtype=torch.float32)
+    for name in TENSORS:
+        tensor = getattr(slots, name)
+        if tensor is not None:
+            tensor.normal_()
+    return type(slots)(**{**vars(slots), **{k: getattr(slots, k).to(dtype) for k in TENSORS
+                                            if getattr(slots, k) is not None}})
+
+
 @pytest.mark.parametrize("name,case,norms", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_engine_kernels_compile_for_sm90(monkeypatch, name, case, norms):
     dtype = case.torch_dtype
@@ -50,9 +66,14 @@ def test_engine_kernels_compile_for_sm90(monkeypatch, name, case, norms):
         adapters = (torch.randn(t, d, r), torch.randn(t, r), torch.randn(t, r, d), torch.randn(t, d))
         for act in ("gelu", "softmax"):
             triton_ops.routed_adapter(tokens[0].reshape(m, d), routes, *(a.to(dtype) for a in adapters), act)
+        slots = routed_slots(case, dtype)  # per-request routing: pairs of (image, slot)
+        pairs = 2 * case.batch
+        image, slot = torch.arange(pairs) % case.batch, torch.arange(pairs) % slots.capacity
+        b = torch.randn(pairs, case.tokens, d).to(dtype)
+        triton_ops.routed_bypass_stage(tokens[1], image, b, slot, slots, 0)
     kernels = {launch[0] for launch in rec.launches}
     assert kernels == {"_bypass_stack_kernel", "_bypass_stage_kernel", "_norm_pool_head_kernel",
-                       "_routed_adapter_kernel"}
+                       "_routed_adapter_kernel", "_routed_bypass_stage_kernel"}
     seen = set()
     for kernel, args, kwargs in rec.launches:
         key = (kernel, tuple(sorted((k, v) for k, v in kwargs.items())), tuple(

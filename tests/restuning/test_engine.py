@@ -34,7 +34,7 @@ def test_groups_and_padding(micro_backbone64):
     engine = MultiTaskEngine(micro_backbone64, heads)
     assert len(engine.groups) == 6
     assert group_key(heads["task0"]) == group_key(heads["task1"])
-    assert engine.groups[0].h_rank == 10 and engine.groups[0].num_heads == 2
+    assert engine.groups[0].layout.h_rank == 10 and engine.groups[0].used == 2
 
 
 @pytest.mark.parametrize("batch", [1, 3])

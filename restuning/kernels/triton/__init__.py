@@ -8,6 +8,7 @@ Every op here has a PyTorch twin in `restuning/kernels/reference.py` that it mus
     group_logits      norm_pool_logits ∘ bypass_group   class token: features → logits in one launch
     norm_pool_logits  reference.norm_pool_logits  final norm + pooling + post-pool norm + task heads
     routed_adapter    reference.routed_adapter    per-sample tuner routing (SGMV style)
+    routed_bypass_stage  reference.routed_bypass_stage  one stage of per-request routing: rows by slot
 
 Importing this package does not import Triton's kernels; they load on the first launch,
 compiled for CUDA tensors or under Triton's interpreter when TRITON_INTERPRET=1
@@ -22,7 +23,7 @@ from restuning.kernels.triton.bypass import (
     group_logits,
     norm_pool_logits,
 )
-from restuning.kernels.triton.routed import routed_adapter
+from restuning.kernels.triton.routed import routed_adapter, routed_bypass_stage
 
 __all__ = [
     "MODES",
@@ -35,5 +36,6 @@ __all__ = [
     "interpreting",
     "norm_pool_logits",
     "routed_adapter",
+    "routed_bypass_stage",
     "triton_importable",
 ]

@@ -420,3 +420,86 @@ def _routed_adapter_kernel(
             xv = tl.load(x_ptr + rows[:, None] * stride_xm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + rows[:, None] * stride_om + rn[None, :], (xv + acc + ub[None, :]).to(
                 out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["rh", "rv"])  # sizes: one compile per tile shape, not per size
+def _routed_bypass_stage_kernel(
+    x_ptr, stride_xm,  # [B·N, D]  this stage's backbone tokens x_l, every image
+    xrow_ptr,  # [M] int32: the row of x each routed row reads (its pair's image, its token)
+    b_ptr, stride_bm,  # [M, D]   bypass state b_{l-1}, N rows per (image, task) pair
+    out_ptr, stride_om,  # [M, D]
+    perm_ptr,  # [M]     rows sorted by slot
+    seg_start_ptr, seg_count_ptr, seg_slot_ptr,  # [G]   segment g: the rows of slot seg_slot[g]
+    hw_ptr, stride_hw_k, stride_hw_d,  # [K, D, r_h]  horizontal down, this stage
+    hb_ptr, stride_hb_k,  # [K, r_h]
+    vw_ptr, stride_vw_k, stride_vw_d,  # [K, D, r_v]  vertical down
+    vb_ptr, stride_vb_k,  # [K, r_v]
+    uw_ptr, stride_uw_k, stride_uw_r,  # [K, r_h + r_v, D]  up, λ folded in
+    ub_ptr, stride_ub_k,  # [K, D]
+    lam_ptr,  # [K]
+    D, rh, rv,
+    H_ACT: tl.constexpr, V_ACT: tl.constexpr, BLOCK_M: tl.constexpr, RH: tl.constexpr, RV: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
+):
+    """One routed bypass stage, SGMV style; grid (G, cdiv(M, BLOCK_M)). Matches reference.routed_bypass_stage.
+
+    Every program multiplies a block of rows of ONE slot (rows sorted by slot on the host side of the
+    launch): both down-projections, their activations, the joint up-projection and the λ-mixed residual in
+    one pass; x is read through the row index, so pairs of one image share its tokens without a copy.
+    """
+    seg = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    count = tl.load(seg_count_ptr + seg)
+    if pid_m * BLOCK_M >= count:
+        return
+    start = tl.load(seg_start_ptr + seg)
+    k = tl.load(seg_slot_ptr + seg).to(tl.int64)
+    idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = idx < count
+    rows = tl.load(perm_ptr + start + idx, mask=row_ok, other=0).to(tl.int64)
+    xrows = tl.load(xrow_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    rrh = tl.arange(0, RH)
+    rrv = tl.arange(0, RV)
+    if H_ACT != 0:
+        acc_h = tl.full((BLOCK_M, RH), 0.0, tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < D
+            xa = tl.load(x_ptr + xrows[:, None] * stride_xm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            wa = tl.load(hw_ptr + k * stride_hw_k + rk[:, None] * stride_hw_d + rrh[None, :],
+                         mask=k_ok[:, None] & (rrh[None, :] < rh), other=0.0)
+            acc_h = _mm(xa, wa, acc_h, DOT_F32, PREC)
+        hbias = tl.load(hb_ptr + k * stride_hb_k + rrh, mask=rrh < rh, other=0.0).to(tl.float32)
+        g_h = _activate(acc_h + hbias[None, :], rrh < rh, H_ACT).to(uw_ptr.dtype.element_ty)
+    if V_ACT != 0:
+        acc_v = tl.full((BLOCK_M, RV), 0.0, tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < D
+            ba = tl.load(b_ptr + rows[:, None] * stride_bm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            wa = tl.load(vw_ptr + k * stride_vw_k + rk[:, None] * stride_vw_d + rrv[None, :],
+                         mask=k_ok[:, None] & (rrv[None, :] < rv), other=0.0)
+            acc_v = _mm(ba, wa, acc_v, DOT_F32, PREC)
+        vbias = tl.load(vb_ptr + k * stride_vb_k + rrv, mask=rrv < rv, other=0.0).to(tl.float32)
+        g_v = _activate(acc_v + vbias[None, :], rrv < rv, V_ACT).to(uw_ptr.dtype.element_ty)
+    lam = tl.load(lam_ptr + k).to(tl.float32)
+    for n0 in range(0, D, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        n_ok = rn < D
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        if H_ACT != 0:
+            u = tl.load(uw_ptr + k * stride_uw_k + rrh[:, None] * stride_uw_r + rn[None, :],
+                        mask=(rrh[:, None] < rh) & n_ok[None, :], other=0.0)
+            acc = _mm(g_h, u, acc, DOT_F32, PREC)
+        if V_ACT != 0:
+            u = tl.load(uw_ptr + k * stride_uw_k + (rh + rrv[:, None]) * stride_uw_r + rn[None, :],
+                        mask=(rrv[:, None] < rv) & n_ok[None, :], other=0.0)
+            acc = _mm(g_v, u, acc, DOT_F32, PREC)
+        mask = row_ok[:, None] & n_ok[None, :]
+        ub = tl.load(ub_ptr + k * stride_ub_k + rn, mask=n_ok, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + xrows[:, None] * stride_xm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+        bv = tl.load(b_ptr + rows[:, None] * stride_bm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+        res = acc + ub[None, :] + lam * xv + (1.0 - lam) * bv
+        tl.store(out_ptr + rows[:, None] * stride_om + rn[None, :], res.to(out_ptr.dtype.element_ty), mask=mask)
