@@ -51,6 +51,7 @@ class Placement:
     slot: int
     num_classes: int
     content: int  # unique per write: identifies the weights in this slot for caches
+    tag: object = None  # the caller's note about these weights (a server keeps the tuner's version and labels)
 
 
 @dataclass
@@ -145,8 +146,9 @@ class MultiTaskEngine:
             raise ConfigError(f"head {name!r} taps block {max(head.config.layers)}; the backbone has "
                               f"{self.backbone.depth}")
 
-    def put(self, name: str, head: ResTuningBypass) -> None:
-        """Add `name`, or replace its head: one slot is written, then published."""
+    def put(self, name: str, head: ResTuningBypass, *, tag: object = None) -> None:
+        """Add `name`, or replace its head: one slot is written, then published. `tag` travels with these weights:
+        `run_routed(…, tags=True)` returns the tag of the weights each result was computed with."""
         self._check(name, head)
         layout = layout_of(head, self.backbone.embed_dim)
         key = slots.group_key(layout)
@@ -160,7 +162,7 @@ class MultiTaskEngine:
             slot = self._allocate(group, layout)
             group.tensors.write(slot, head)
             old = self._where.get(name)
-            self._where[name] = Placement(group, slot, head.config.num_classes, next(self._content))
+            self._where[name] = Placement(group, slot, head.config.num_classes, next(self._content), tag)
             self._retire(old)
 
     def remove(self, name: str) -> None:
@@ -246,32 +248,36 @@ class MultiTaskEngine:
             unknown = [n for n in wanted if n not in self._where]
             if unknown:
                 raise InputError(f"unknown tasks {unknown}; loaded: {sorted(self._where)}")
-            resolved = dict(zip(wanted, read.resolve(wanted)))
-            by_group: dict[int, list[str]] = OrderedDict()
-            for name in wanted:
-                by_group.setdefault(id(resolved[name][0]), []).append(name)
-            out: dict[str, torch.Tensor] = {}
-            for group_names in by_group.values():
-                items = [resolved[n] for n in group_names]
-                dense = self._dense(items, group_names)
-                selected = self._selected(tokens, dense.pooling)
-                logits = kernels.group_logits(selected, dense, self.backbone, backend=self.kernel_backend)
-                for i, name in enumerate(group_names):
-                    out[name] = logits[:, i, : dense.num_classes[i]]
-        return {n: out[n] for n in wanted} if names is not None else out
+            return self._run_dense(tokens, wanted, dict(zip(wanted, read.resolve(wanted))))
+
+    def _run_dense(self, tokens, wanted: list[str], resolved: dict) -> dict[str, torch.Tensor]:
+        by_group: dict[int, list[str]] = OrderedDict()
+        for name in wanted:
+            by_group.setdefault(id(resolved[name][0]), []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for group_names in by_group.values():
+            dense = self._dense([resolved[n] for n in group_names], group_names)
+            selected = self._selected(tokens, dense.pooling)
+            logits = kernels.group_logits(selected, dense, self.backbone, backend=self.kernel_backend)
+            for i, name in enumerate(group_names):
+                out[name] = logits[:, i, : dense.num_classes[i]]
+        return {n: out[n] for n in wanted}
 
     @torch.inference_mode()
-    def run_routed(self, tokens: Sequence[torch.Tensor],
-                   tasks_per_image: Sequence[Sequence[str]]) -> list[dict[str, torch.Tensor]]:
-        """Image i through its own tasks only: [{task: logits [C]}] per image, in each image's task order."""
+    def run_routed(self, tokens: Sequence[torch.Tensor], tasks_per_image: Sequence[Sequence[str]], *,
+                   tags: bool = False) -> list[dict[str, torch.Tensor]]:
+        """Image i through its own tasks only: [{task: logits [C]}] per image, in each image's task order;
+        with `tags`, {task: (logits, tag of the weights used)}."""
         self._check_tokens(tokens)
         if len(tasks_per_image) != tokens[0].shape[0]:
             raise InputError(f"{len(tasks_per_image)} task lists for {tokens[0].shape[0]} images")
-        first = list(tasks_per_image[0]) if tasks_per_image else []
-        if all(list(t) == first for t in tasks_per_image):
-            logits = self.run(tokens, first)  # the same heads for every image: the stacked layout
-            return [{name: logits[name][i] for name in first} for i in range(len(tasks_per_image))]
         with self.reading() as read:
+            first = list(tasks_per_image[0]) if tasks_per_image else []
+            if all(list(t) == first for t in tasks_per_image):  # the same heads for every image: stacked layout
+                resolved = dict(zip(first, read.resolve(first)))
+                logits = self._run_dense(tokens, first, resolved)
+                return [{name: (logits[name][i], resolved[name][1].tag) if tags else logits[name][i]
+                         for name in first} for i in range(len(tasks_per_image))]
             pairs: dict[int, list[tuple[int, str, Placement]]] = OrderedDict()
             tensors_of: dict[int, SlotTensors] = {}
             for i, tasks in enumerate(tasks_per_image):
@@ -287,7 +293,8 @@ class MultiTaskEngine:
                 logits = kernels.routed_group_logits(selected, image, slot, tensors, self.backbone,
                                                      backend=self.kernel_backend)  # [P, C]
                 for row, (i, name, placement) in enumerate(group_pairs):
-                    out[i][name] = logits[row, : placement.num_classes]
+                    result = logits[row, : placement.num_classes]
+                    out[i][name] = (result, placement.tag) if tags else result
         return [{name: o[name] for name in tasks} for o, tasks in zip(out, tasks_per_image)]
 
     def classify(self, images: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

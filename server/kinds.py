@@ -1,12 +1,12 @@
 """How this server serves each tuner kind (`tuner_store.kinds` says what a kind is).
 
 The registry and the routers look a kind up in `SERVED_KINDS` and never branch on its name: each entry says
-which frozen model a tuner of that kind must match, how a built module is placed for serving, what requests of
-that kind run on (the classification engine), and which endpoint answers for it.
+which frozen model a tuner of that kind must match, how a built module is installed for serving (and taken
+out again), and which endpoint answers for it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from restuning.backbones.base import Backbone
@@ -22,6 +22,7 @@ class ServingRuntime:
     device: object
     dtype: object
     generator: object | None = None  # server.generation.GenerationService, when generation is enabled
+    engine: MultiTaskEngine | None = None  # holds the classification heads, one slot each
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,24 @@ class ServedKind:
     endpoint: str  # where requests for tuners of this kind go
     # the fingerprint a tuner of this kind must have been trained on; None: this server does not serve the kind
     fingerprint: Callable[[ServingRuntime], str | None]
-    place: Callable[[ServingRuntime, object], object]  # a built module -> ready to serve (device, dtype, eval)
-    # what requests of this kind run on, from the loaded tuners (name -> module); None when requests take modules
-    assemble: Callable[[ServingRuntime, Mapping[str, object]], object | None]
+    # place a built module for serving under its name: (what requests take, or None when the weights live in a
+    # shared structure such as the engine's slots; the bytes it takes there). `tag` travels with the weights.
+    install: Callable[[ServingRuntime, str, object, object], "tuple[object | None, int]"]
+    uninstall: Callable[[ServingRuntime, str], None]
 
     @property
     def name(self) -> str:
         return self.kind.name
 
 
-def _classification_engine(runtime: ServingRuntime, modules: Mapping[str, object]) -> MultiTaskEngine | None:
-    if not modules:
-        return None
-    return MultiTaskEngine(runtime.backbone, dict(sorted(modules.items())), device=runtime.device,
-                           dtype=runtime.dtype)
+def _into_engine(runtime: ServingRuntime, name: str, module, tag) -> tuple[None, int]:
+    runtime.engine.put(name, module, tag=tag)
+    return None, runtime.engine.slot_bytes(name)
+
+
+def _on_device(runtime: ServingRuntime, name: str, module, tag) -> tuple[object, int]:
+    placed = runtime.generator.place(module)
+    return placed, sum(p.numel() * p.element_size() for p in placed.parameters())
 
 
 SERVED_KINDS: dict[str, ServedKind] = {
@@ -52,15 +57,15 @@ SERVED_KINDS: dict[str, ServedKind] = {
             kind=CLASSIFICATION,
             endpoint="POST /v1/classify",
             fingerprint=lambda runtime: runtime.backbone.fingerprint(),
-            place=lambda runtime, module: module.to(device=runtime.device, dtype=runtime.dtype).eval(),
-            assemble=_classification_engine,
+            install=_into_engine,
+            uninstall=lambda runtime, name: runtime.engine.remove(name),
         ),
         ServedKind(
             kind=DIFFUSION,
             endpoint="POST /v1/generate",
             fingerprint=lambda runtime: runtime.generator.fingerprint if runtime.generator is not None else None,
-            place=lambda runtime, module: runtime.generator.place(module),
-            assemble=lambda runtime, modules: None,  # each generate request passes its styles' modules
+            install=_on_device,
+            uninstall=lambda runtime, name: None,  # requests hold their modules; the last one frees it
         ),
     )
 }

@@ -1,6 +1,8 @@
 """Prometheus metrics of one server instance (its own registry, so tests can run several apps)."""
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -31,7 +33,25 @@ class ServerMetrics:
         self.cache_hits = Counter("restune_feature_cache_hits", "feature cache hits", registry=r)
         self.cache_misses = Counter("restune_feature_cache_misses", "feature cache misses", registry=r)
         self.cache_bytes = Gauge("restune_feature_cache_bytes", "bytes held by the feature cache", registry=r)
-        self.loaded_tuners = Gauge("restune_loaded_tuners", "tuners currently served, by kind", ["kind"], registry=r)
+        self.loaded_tuners = Gauge("restune_loaded_tuners", "tuners this replica serves (resident or loaded on their "
+                                   "first request), by kind", ["kind"], registry=r)
+        self.resident_tuners = Gauge("restune_resident_tuners", "tuners resident (placed for serving), by kind",
+                                     ["kind"], registry=r)
+        self.resident_bytes = Gauge("restune_resident_bytes", "bytes the resident tuners take", registry=r)
+        self.host_cache_bytes = Gauge("restune_host_cache_bytes", "bytes of validated artifacts cached in host "
+                                      "memory (tuners not resident)", registry=r)
+        self.tuner_hits = Counter("restune_tuner_hits", "tuners a request named that were resident", registry=r)
+        self.tuner_misses = Counter("restune_tuner_misses", "tuners a request named that had to be loaded",
+                                    registry=r)
+        self.tuner_load_seconds = Histogram("restune_tuner_load_seconds", "time to make one tuner resident",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.tuner_evictions = Counter("restune_tuner_evictions", "resident tuners evicted to make room",
+                                       registry=r)
+        # One series at a time, like vLLM's lora_requests_info that the Kubernetes gateway inference extension
+        # reads: the tuners requests hold now and the ones being loaded, as comma-separated label values.
+        self.tuner_requests_info = Gauge(
+            "restune_tuner_requests_info", "tuners held by requests in flight and tuners being loaded (value: "
+            "unix time of the update)", ["running_tuners", "waiting_tuners", "max_resident_mb"], registry=r)
         self.hotload_seconds = Histogram(
             "restune_hotload_seconds", "time to load a changed tuner and swap it in", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -39,6 +59,10 @@ class ServerMetrics:
             "restune_hotload_failures", "store changes that could not be loaded (previous version kept)", registry=r
         )
         self.store_revision = Gauge("restune_store_revision", "last store revision applied", registry=r)
+
+    def set_tuner_requests(self, running: list[str], waiting: list[str], max_resident_mb: str) -> None:
+        self.tuner_requests_info.clear()  # one series: the label values change, old ones must not linger
+        self.tuner_requests_info.labels(",".join(running), ",".join(waiting), max_resident_mb).set(time.time())
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,11 +1,16 @@
-"""The hot-loaded tuner set: watches the store and swaps in a new immutable snapshot per change.
+"""The tuners a replica serves: a catalog of the store's records, and the ones resident, loaded on demand.
 
-A batch reads `registry.snapshot` once when it starts and finishes on that tuner
-set, whatever happens meanwhile: changes build a complete new snapshot (tuners +
-what each kind runs on, e.g. the packed engine) off the event loop and replace the
-reference in one assignment. An artifact that fails validation is logged and
-counted; the version that was serving keeps serving. Kinds are looked up in
-`server.kinds`, never branched on.
+- The catalog mirrors the store's newest record of every tuner. It is read once at start (records only, no
+  artifact: start-up does not grow with what the tuners weigh) and then follows the store's change log, one
+  record per change.
+- A tuner is made resident when a request names it (or at start, pinned first, then the newest, while the
+  budget lasts). Concurrent misses on one tuner load it once. Making room evicts the least recently used
+  tuners that are neither pinned nor held by a request in flight (`server.residency`).
+- A change to a resident tuner loads the new version into a fresh slot and swaps it in: batches that started
+  before finish on the old version. A version that cannot serve here is recorded as the tuner's problem; a
+  resident previous version keeps serving.
+
+Kinds are looked up in `server.kinds`, never branched on.
 """
 from __future__ import annotations
 
@@ -13,47 +18,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 
 from server.kinds import SERVED_KINDS, ServingRuntime
-from tuner_store.artifact import backbone_mismatch, decode_artifact
+from server.residency import HostCache, LoadedTuner, ResidencyError, ResidentSet
+from tuner_store.artifact import TunerArtifact, backbone_mismatch, decode_artifact
 from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
 from tuner_store.kinds import build_tuner
+from tuner_store.records import TunerRecord
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class LoadedTuner:
-    name: str
-    version: int
-    kind: str
-    labels: tuple[str, ...]
-    created_at: str
-    metrics: dict
-    module: object  # the built module, placed for serving (see server.kinds)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+UNLOADED = "unloaded on this replica"
 
 
-@dataclass(frozen=True)
-class TunerSnapshot:
-    tuners: Mapping[str, Mapping[str, LoadedTuner]] = field(
-        default_factory=lambda: {kind: {} for kind in SERVED_KINDS})  # kind -> name -> tuner
-    runners: Mapping[str, object] = field(default_factory=dict)  # kind -> what its requests run on, if anything
-    revision: int = 0
-
-    def of_kind(self, kind: str) -> Mapping[str, LoadedTuner]:
-        return self.tuners.get(kind, {})
-
-    def get(self, name: str) -> LoadedTuner | None:
-        for tuners in self.tuners.values():
-            if name in tuners:
-                return tuners[name]
-        return None
+class NotServedError(LookupError):
+    """A tuner in the store that this replica does not serve (unloaded, its kind not enabled, or broken)."""
 
 
 def check_serves(runtime: ServingRuntime):
@@ -67,115 +48,134 @@ def check_serves(runtime: ServingRuntime):
     return check
 
 
-def decode_for(runtime: ServingRuntime, data: bytes):
+def decode_for(runtime: ServingRuntime, data: bytes) -> TunerArtifact:
     """Artifact bytes decoded once, and checked against what this server runs their kind on."""
     artifact = decode_artifact(data, max_bytes=None)
     check_serves(runtime)(artifact)
     return artifact
 
 
+def artifact_bytes(artifact: TunerArtifact) -> int:
+    return sum(t.numel() * t.element_size() for t in artifact.tensors.values())
+
+
+class Lease:
+    """What a request holds while it runs: its tuners stay resident until `release`."""
+
+    def __init__(self, registry: "TunerRegistry", names: list[str]):
+        self.registry = registry
+        self.names = names
+        self.tuners = {name: registry.resident.get(name) for name in names}
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.registry.resident.release(self.names)
+            self.registry.report_requests()
+
+
 class TunerRegistry:
-    def __init__(self, store, runtime: ServingRuntime, *, metrics=None):
+    def __init__(self, store, runtime: ServingRuntime, *, metrics=None, resident_bytes: int | None = None,
+                 host_cache_bytes: int = 0, pinned: Iterable[str] = ()):
         self.store = store
         self.runtime = runtime
         self.metrics = metrics
-        self._snapshot = TunerSnapshot()
-        self._lock = threading.Lock()  # serialises snapshot builders; readers never take it
+        self.resident = ResidentSet(resident_bytes)
+        self.resident.pinned.update(pinned)
+        self.host = HostCache(host_cache_bytes)
+        self.revision = 0
+        self._records: dict[str, TunerRecord] = {}
+        self._by_kind: dict[str, dict[str, TunerRecord]] = {kind: {} for kind in SERVED_KINDS}
+        self.failures: dict[str, tuple[int, str]] = {}  # name -> (version, why it cannot serve here)
+        self.unloaded: set[str] = set()  # the repository extension's unload: not served here until loaded
+        self._loading: dict[str, Future] = {}
+        self._waiting: set[str] = set()
+        self._lock = threading.Lock()  # the catalog and the loads in flight
+        self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
         self.last_error: str | None = None
-        self.failures: dict[str, str] = {}  # name -> why its newest version is not serving
+        self.closed = threading.Event()  # the server is stopping: background loading ends
 
-    @property
-    def snapshot(self) -> TunerSnapshot:
-        return self._snapshot
+    # -- the catalog ------------------------------------------------------------------------------------
 
-    # -- loading ----------------------------------------------------------------------------------
+    def records(self, kind: str) -> Mapping[str, TunerRecord]:
+        """The newest record of every tuner of `kind` in the store (a live mapping: read, do not keep)."""
+        return self._by_kind.get(kind, {})
 
-    def _load(self, name: str, version: int) -> LoadedTuner | None:
-        """Fetch, validate and build one tuner version; None (and a logged reason) when it cannot serve here."""
-        data = self.store.get_bytes(name, version)
-        kind = None
-        try:
-            artifact = decode_for(self.runtime, data)
-            kind = SERVED_KINDS[artifact.kind]
-            if kind.fingerprint(self.runtime) is None:
-                return None  # a kind this server does not serve (generation not enabled)
-            module = kind.place(self.runtime, build_tuner(artifact))
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            what = kind.name if kind is not None else "unknown kind"
-            self.failures[name] = f"{name}@{version} ({what}) cannot serve here: {reason}"
-            log.warning("tuner %s@%s not loaded, keeping the previous version: %s", name, version, reason)
-            if self.metrics is not None:
-                self.metrics.hotload_failures.inc()
-            return None
-        self.failures.pop(name, None)
-        return LoadedTuner(name=name, version=int(version), kind=artifact.kind, labels=tuple(artifact.labels),
-                           created_at=artifact.created_at, metrics=dict(artifact.metrics), module=module)
+    def record(self, name: str) -> TunerRecord | None:
+        return self._records.get(name)
 
-    def _publish(self, tuners: dict[str, dict[str, LoadedTuner]], revision: int) -> None:
-        ordered = {kind: dict(sorted(tuners.get(kind, {}).items())) for kind in SERVED_KINDS}
-        runners = {}
-        for kind, served in SERVED_KINDS.items():
-            runner = served.assemble(self.runtime, {n: t.module for n, t in ordered[kind].items()})
-            if runner is not None:
-                runners[kind] = runner
-        self._snapshot = TunerSnapshot(ordered, runners, revision)
-        if self.metrics is not None:
-            for kind, loaded in ordered.items():
-                self.metrics.loaded_tuners.labels(kind=kind).set(len(loaded))
-            self.metrics.store_revision.set(revision)
+    def names(self) -> list[str]:
+        return sorted(self._records)
 
-    def load_all(self) -> TunerSnapshot:
-        """Initial sync: the newest version of every tuner in the store."""
+    def _set_record(self, name: str, record: TunerRecord | None) -> None:
         with self._lock:
+            old = self._records.pop(name, None)
+            if old is not None:
+                self._by_kind.get(old.kind, {}).pop(name, None)
+            if record is not None:
+                self._records[name] = record
+                self._by_kind.setdefault(record.kind, {})[name] = record
+        self._report_catalog()
+
+    def sync(self) -> None:
+        """The whole catalog from the store (at start, and when the store lost its history)."""
+        with self._apply_lock:
             revision = self.store.revision()
-            tuners: dict[str, dict[str, LoadedTuner]] = {kind: {} for kind in SERVED_KINDS}
-            for name, record in self.store.latest().items():
-                loaded = self._load(name, record.version)
-                if loaded is not None:
-                    tuners[loaded.kind][name] = loaded
-            self._publish(tuners, revision)
-            log.info("loaded %s tuners (store revision %d)",
-                     ", ".join(f"{len(t)} {kind}" for kind, t in tuners.items()), revision)
-            return self._snapshot
+            latest = self.store.latest()
+            with self._lock:
+                self._records = dict(latest)
+                self._by_kind = {kind: {} for kind in SERVED_KINDS}
+                for name, record in latest.items():
+                    self._by_kind.setdefault(record.kind, {})[name] = record
+            for stale in [t.name for t in self.resident.items() if t.name not in latest]:
+                self._evict(stale)
+            self.revision = max(self.revision, revision)
+        self._report_catalog()
+        log.info("catalog: %s tuners (store revision %d)",
+                 ", ".join(f"{len(v)} {k}" for k, v in self._by_kind.items()), revision)
 
     def apply_change(self, name: str, revision: int) -> None:
-        """Bring one name up to date with the store (whatever the event was) and publish."""
+        """Bring one name up to date with the store (whatever the event was)."""
         start = time.perf_counter()
-        with self._lock:
-            current = self._snapshot
-            tuners = {kind: dict(current.of_kind(kind)) for kind in SERVED_KINDS}
+        with self._apply_lock:
             try:
                 record = self.store.record(name, "latest")
             except NotFoundError:
                 record = None
-            served = current.get(name)
+            self._set_record(name, record)
+            self.host.discard(name)
             if record is None:
-                for loaded in tuners.values():
-                    loaded.pop(name, None)
+                self._evict(name)
                 self.failures.pop(name, None)
-            elif served is None or served.version != record.version:
-                fresh = self._load(name, record.version)
-                if fresh is not None:
-                    for loaded in tuners.values():
-                        loaded.pop(name, None)
-                    tuners[fresh.kind][name] = fresh
-            self._publish(tuners, max(revision, current.revision))
+                self.unloaded.discard(name)
+            else:
+                served = self.resident.get(name)
+                if served is not None and served.version != record.version:
+                    try:
+                        self._load(record)  # the new version into a fresh slot, swapped in
+                    except Exception:  # recorded as the tuner's problem; the old version keeps serving
+                        pass
+                elif served is None and name not in self.unloaded:
+                    self._prefetch(record)
+            self.revision = max(self.revision, revision)
         if self.metrics is not None:
+            self.metrics.store_revision.set(self.revision)
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
 
     async def watch_forever(self, *, retry_seconds: float = 1.0) -> None:
         """Apply every store change in order; reconnect from the last revision after an outage."""
         while True:
             try:
-                async for event in self.store.watch(self._snapshot.revision):
+                async for event in self.store.watch(self.revision):
                     await asyncio.to_thread(self.apply_change, event.name, event.revision)
             except asyncio.CancelledError:
                 raise
             except StoreResetError as exc:  # the store lost history (e.g. a Redis without persistence restarted)
-                log.warning("store reset (%s); reloading every tuner from the store", exc)
+                log.warning("store reset (%s); reading the whole catalog again", exc)
                 try:
-                    await asyncio.to_thread(self.load_all)
+                    self.revision = 0
+                    await asyncio.to_thread(self.sync)
                 except Exception as reload_exc:
                     log.warning("reload after store reset failed (%s); retrying", reload_exc)
                     await asyncio.sleep(retry_seconds)
@@ -188,3 +188,238 @@ class TunerRegistry:
             else:
                 self.last_error = None
                 await asyncio.sleep(retry_seconds)
+
+    # -- residency --------------------------------------------------------------------------------------
+
+    def serves(self, name: str) -> tuple[bool, str | None]:
+        """Whether a request may name this tuner here, and if not why."""
+        record = self._records.get(name)
+        if record is None:
+            return False, "not in the tuner store"
+        if name in self.unloaded:
+            return False, UNLOADED
+        if SERVED_KINDS[record.kind].fingerprint(self.runtime) is None:
+            return False, f"{record.kind} tuners are not served here ({SERVED_KINDS[record.kind].endpoint} is off)"
+        failure = self.failures.get(name)
+        if failure is not None and failure[0] == record.version and name not in self.resident:
+            return False, failure[1]
+        return True, None
+
+    def _fetch(self, record: TunerRecord) -> TunerArtifact:
+        cached = self.host.take(record.name, record.version)
+        if cached is not None:
+            return cached
+        return decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
+
+    def _prefetch(self, record: TunerRecord) -> None:
+        """Validate a changed, non-resident tuner now and keep it in the host cache: its first request skips
+        the store, and a version that cannot serve is known before anyone asks for it."""
+        if self.host.budget <= 0 or SERVED_KINDS[record.kind].fingerprint(self.runtime) is None:
+            return
+        try:
+            artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
+        except Exception as exc:
+            self._failed(record, exc)
+            return
+        self.failures.pop(record.name, None)
+        self.host.put(record.name, record.version, artifact, artifact_bytes(artifact))
+        self._report_residency()
+
+    def _failed(self, record: TunerRecord, exc: Exception) -> None:
+        reason = f"{record.ref} ({record.kind}) cannot serve here: {type(exc).__name__}: {exc}"
+        self.failures[record.name] = (record.version, reason)
+        log.warning("tuner %s not loaded, keeping what was serving: %s", record.ref, exc)
+        if self.metrics is not None:
+            self.metrics.hotload_failures.inc()
+
+    def _load(self, record: TunerRecord, deadline: float | None = None) -> LoadedTuner:
+        """Fetch, validate, build and install one version; evicts what must go to make room (waiting for
+        requests in flight to let go of theirs until `deadline`)."""
+        start = time.perf_counter()
+        served = SERVED_KINDS[record.kind]
+        try:
+            artifact = self._fetch(record)
+            module = build_tuner(artifact)
+        except Exception as exc:
+            self._failed(record, exc)
+            raise
+        room = artifact_bytes(artifact)
+        for gone in self.resident.room_for(room, keep=record.name, deadline=deadline):
+            SERVED_KINDS[gone.kind].uninstall(self.runtime, gone.name)
+            if self.metrics is not None:
+                self.metrics.tuner_evictions.inc()
+        try:
+            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
+                                labels=tuple(artifact.labels), created_at=artifact.created_at,
+                                metrics=dict(artifact.metrics), nbytes=0)
+            kept, nbytes = served.install(self.runtime, record.name, module, tuner)
+        except Exception as exc:
+            self.resident.unreserve(room)
+            self._failed(record, exc)
+            raise
+        loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
+        self.resident.add(loaded, reserved=room)
+        self.failures.pop(record.name, None)
+        if self.metrics is not None:
+            self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
+        self._report_residency()
+        return loaded
+
+    def _evict(self, name: str) -> None:
+        gone = self.resident.remove(name)
+        if gone is not None:
+            SERVED_KINDS[gone.kind].uninstall(self.runtime, name)
+            self._report_residency()
+
+    def ensure(self, name: str, deadline: float | None = None) -> LoadedTuner:
+        """The newest version of `name` resident (loaded now if it is not; one load however many ask)."""
+        ok, why = self.serves(name)
+        if not ok:
+            raise NotServedError(f"{name}: {why}")
+        record = self._records[name]
+        served = self.resident.get(name)
+        if served is not None and (served.version == record.version or name in self.failures):
+            return served
+        with self._lock:
+            future = self._loading.get(name)
+            owner = future is None
+            if owner:
+                future = self._loading[name] = Future()
+                self._waiting.add(name)
+        self.report_requests()
+        if not owner:
+            return future.result()
+        try:
+            loaded = self._load(record, deadline)
+            future.set_result(loaded)
+            return loaded
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(name, None)
+                self._waiting.discard(name)
+            self.report_requests()
+
+    async def acquire(self, names: list[str], *, timeout: float) -> Lease:
+        """Hold `names` resident for one request, loading the missing ones; ResidencyError when that takes
+        longer than `timeout` seconds (the loads go on: the next request finds them resident)."""
+        names = list(dict.fromkeys(names))
+        deadline = time.monotonic() + timeout
+        first = True
+        while not self.resident.lease_all(names):
+            missing = [n for n in names if n not in self.resident]
+            if first and self.metrics is not None:
+                self.metrics.tuner_hits.inc(len(names) - len(missing))
+                self.metrics.tuner_misses.inc(len(missing))
+            first = False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ResidencyError(f"{', '.join(missing)} could not be made resident within {timeout:g} s; retry")
+            try:
+                await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(self.ensure, n, deadline) for n in missing)),
+                                       left)
+            except asyncio.TimeoutError:
+                raise ResidencyError(f"loading {', '.join(missing)} took longer than {timeout:g} s; it goes on, "
+                                     "retry shortly") from None
+        if first and self.metrics is not None:
+            self.metrics.tuner_hits.inc(len(names))
+        lease = Lease(self, names)
+        self.report_requests()
+        return lease
+
+    # -- the repository extension and pinning ------------------------------------------------------------
+
+    def load(self, name: str) -> LoadedTuner:
+        """Serve `name` here again (after an unload) and make it resident now."""
+        if name not in self._records:
+            self.sync_one(name)
+        if name not in self._records:
+            raise NotFoundError(f"no tuner named {name!r} in the tuner store")
+        self.unloaded.discard(name)
+        self.failures.pop(name, None)
+        try:
+            return self.ensure(name)
+        except NotServedError as exc:
+            raise ArtifactError(str(exc), name=name) from None
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name` on this replica (the store keeps it) until `load(name)`."""
+        if name not in self._records and name not in self.resident:
+            raise NotFoundError(f"no tuner named {name!r} on this replica or in the tuner store")
+        self.unloaded.add(name)
+        self.host.discard(name)
+        self._evict(name)
+
+    def state_of(self, name: str) -> tuple[str, str | None]:
+        """("READY", None) when a request naming it is served now (resident, or loaded on its first request),
+        else ("UNAVAILABLE", why)."""
+        ok, why = self.serves(name)
+        return ("READY", None) if ok else ("UNAVAILABLE", why)
+
+    def sync_one(self, name: str) -> None:
+        try:
+            record = self.store.record(name, "latest")
+        except NotFoundError:
+            record = None
+        self._set_record(name, record)
+
+    def pin(self, name: str) -> LoadedTuner:
+        if name not in self._records:
+            raise NotFoundError(f"no tuner named {name!r} in the tuner store")
+        self.resident.pinned.add(name)
+        return self.ensure(name)
+
+    def unpin(self, name: str) -> None:
+        self.resident.pinned.discard(name)
+
+    def warm_up(self) -> None:
+        """At start: pinned tuners first, then the newest, while they fit without evicting anything."""
+        order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+        pinned = [r for r in order if r.name in self.resident.pinned]
+        for record in pinned:
+            if self.closed.is_set():
+                return
+            try:
+                self.ensure(record.name)
+            except Exception as exc:
+                log.warning("pinned tuner %s not loaded: %s", record.ref, exc)
+        budget = self.resident.budget
+        for record in order:
+            if self.closed.is_set():
+                return
+            if record.name in self.resident or not self.serves(record.name)[0]:
+                continue
+            if budget is not None and self.resident.nbytes + record.size_bytes > budget:
+                break
+            try:
+                self.ensure(record.name)
+            except Exception:  # recorded as its problem; requests will say so
+                continue
+
+    # -- metrics ------------------------------------------------------------------------------------------
+
+    def _report_catalog(self) -> None:
+        if self.metrics is not None:
+            for kind, records in self._by_kind.items():
+                self.metrics.loaded_tuners.labels(kind=kind).set(len(records))
+
+    def _report_residency(self) -> None:
+        if self.metrics is not None:
+            counts = {kind: 0 for kind in SERVED_KINDS}
+            for tuner in self.resident.items():
+                counts[tuner.kind] = counts.get(tuner.kind, 0) + 1
+            for kind, count in counts.items():
+                self.metrics.resident_tuners.labels(kind=kind).set(count)
+            self.metrics.resident_bytes.set(self.resident.nbytes)
+            self.metrics.host_cache_bytes.set(self.host.nbytes)
+
+    def report_requests(self) -> None:
+        """Running (held by requests) and waiting (being loaded) tuners, as one info series."""
+        if self.metrics is not None:
+            with self._lock:
+                waiting = sorted(self._waiting)
+            budget = self.resident.budget
+            self.metrics.set_tuner_requests(sorted(self.resident.leased()), waiting,
+                                            "unlimited" if budget is None else str(budget // (1024 * 1024)))

@@ -1,4 +1,4 @@
-"""The classify path after the batcher: features (cache or one backbone pass), then every head at once."""
+"""The classify path after the batcher: features (cache or one backbone pass), then each request's own heads."""
 from __future__ import annotations
 
 import time
@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from restuning.backbones.base import Backbone
+from restuning.engine import MultiTaskEngine
+from restuning.errors import InputError
 from server.batcher import Job
 from server.feature_cache import FeatureCache
-from server.registry import TunerRegistry
-from tuner_store.kinds import CLASSIFICATION
 
 
 class UnknownTasksError(LookupError):
@@ -21,24 +21,23 @@ class UnknownTasksError(LookupError):
         super().__init__(f"unknown tasks {unknown}; loaded: {loaded}")
 
 
-class NoTunersError(LookupError):
-    pass
-
-
 @dataclass
 class ClassifyRequest:
     pixels: torch.Tensor  # [3, H, W] uint8, resized; normalised per batch by the runner
     cache_key: str
-    tasks: list[str] | None  # None: every loaded classification tuner
+    tasks: list[str]  # this request's tasks (the HTTP layer resolves the default set and makes them resident)
     top_k: int
+    probabilities: bool = False  # also return every class's probability (the Open Inference Protocol asks)
 
 
 class ClassifyRunner:
-    def __init__(self, backbone: Backbone, registry: TunerRegistry, cache: FeatureCache, *, device, dtype,
+    """One backbone pass per batch (or the feature cache), then each request's own heads (per-request routing)."""
+
+    def __init__(self, backbone: Backbone, engine: MultiTaskEngine, cache: FeatureCache, *, device, dtype,
                  normalize: Callable[[torch.Tensor], torch.Tensor], metrics=None):
         self.backbone = backbone
+        self.engine = engine
         self.normalize = normalize  # uint8 [B, 3, H, W] -> float [B, 3, H, W], on the tensor's device
-        self.registry = registry
         self.cache = cache
         self.device = device
         self.dtype = dtype
@@ -80,53 +79,54 @@ class ClassifyRunner:
 
     def run(self, jobs: Sequence[Job]) -> list[object]:
         started = time.perf_counter()
-        snapshot = self.registry.snapshot  # this batch finishes on this tuner set
-        classifiers = snapshot.of_kind(CLASSIFICATION.name)
         requests: list[ClassifyRequest] = [job.payload for job in jobs]
         results: list[object] = [None] * len(jobs)
-        loaded = list(classifiers)
         valid: list[int] = []
         for i, r in enumerate(requests):
-            # a task named in the request and deleted since the HTTP check is reported by name
-            unknown = [t for t in (r.tasks or []) if t not in classifiers]
+            # a task deleted since the HTTP layer checked it is reported by name
+            unknown = [t for t in r.tasks if t not in self.engine]
             if unknown:
-                results[i] = UnknownTasksError(unknown, loaded)
-                continue
-            if not loaded:
-                results[i] = NoTunersError("no classification tuners are loaded; upload one with POST /v1/tuners")
-                continue
-            valid.append(i)
+                results[i] = UnknownTasksError(unknown, sorted(self.engine.names))
+            else:
+                valid.append(i)
         if not valid:
             return results
         batch = [requests[i] for i in valid]
         feats, backbone_ms, computed = self._features(batch)
-        wanted = list(dict.fromkeys(t for r in batch for t in (r.tasks or loaded)))
         start = time.perf_counter()
-        logits = snapshot.runners[CLASSIFICATION.name].run(feats, wanted)
-        # One top-k per task for the whole batch, turned into Python lists once: per-request,
-        # per-task tensor calls would cost more than the heads themselves on a small backbone.
-        k_max = max(r.top_k for r in batch)
-        ranked = {}
-        for name, v in logits.items():
-            probs = torch.softmax(v.float(), dim=-1)
-            scores, idx = torch.topk(probs, min(k_max, probs.shape[-1]), dim=-1)
-            ranked[name] = (scores.cpu().tolist(), idx.cpu().tolist())
+        try:
+            routed = self.engine.run_routed(feats, [r.tasks for r in batch], tags=True)
+        except InputError:  # deleted between the check above and the run: answer per request
+            routed = []
+            for j, r in enumerate(batch):
+                try:
+                    routed.append(self.engine.run_routed([f[j:j + 1] for f in feats], [r.tasks], tags=True)[0])
+                except InputError:
+                    routed.append(None)
+        answers = []
+        for r, logits in zip(batch, routed):
+            if logits is None:
+                answers.append(None)
+                continue
+            out = {}
+            for name, (values, tuner) in logits.items():
+                probs = torch.softmax(values.float(), dim=-1)
+                scores, idx = torch.topk(probs, min(r.top_k, probs.shape[-1]))
+                out[name] = {"labels": [tuner.labels[c] for c in idx.tolist()],
+                             "scores": [round(v, 6) for v in scores.tolist()], "tuner": tuner.ref}
+                if r.probabilities:
+                    out[name]["probabilities"] = probs.tolist()
+            answers.append(out)
         heads_ms = (time.perf_counter() - start) * 1000
         if self.metrics is not None:
             self.metrics.heads_seconds.observe(heads_ms / 1000)
         for j, i in enumerate(valid):
-            r = batch[j]
-            out = {}
-            for name in r.tasks or loaded:
-                tuner = classifiers[name]
-                scores, idx = ranked[name]
-                out[name] = {
-                    "labels": [tuner.labels[c] for c in idx[j][: r.top_k]],
-                    "scores": [round(s, 6) for s in scores[j][: r.top_k]],
-                    "tuner": tuner.ref,
-                }
+            if answers[j] is None:
+                gone = [t for t in batch[j].tasks if t not in self.engine]
+                results[i] = UnknownTasksError(gone, sorted(self.engine.names))
+                continue
             results[i] = {
-                "results": out,
+                "results": answers[j],
                 "timings_ms": {
                     "queue": round((started - jobs[i].enqueued_at) * 1000, 3),
                     "backbone": round(backbone_ms, 3),

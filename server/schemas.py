@@ -54,6 +54,8 @@ TunerSummary = create_model(
     ref=(str, Field(..., description="name@version")),
     serving=(bool, Field(..., description="whether this version is the one this server answers with")),
     serving_version=(int | None, Field(None, description="the version this server answers with, if any")),
+    resident=(bool, Field(False, description="placed for serving now (not loaded on its next request)")),
+    pinned=(bool, Field(False, description="never evicted on this replica")),
     problem=(str | None, Field(None, description="why the newest version is not serving here, if it is not")),
 )
 
@@ -61,6 +63,7 @@ TunerSummary = create_model(
 class TunerList(BaseModel):
     tuners: list[TunerSummary]
     store_revision: int
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
 
 
 class TunerDetail(TunerSummary):

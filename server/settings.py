@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -38,6 +38,14 @@ class ServerSettings(BaseSettings):
                                       description="how long a request may wait for others to batch with")
     max_queue_size: int = Field(256, ge=1, description="requests waiting before new ones get 503")
     feature_cache_mb: float = Field(256.0, ge=0, description="feature cache size in MiB (0 disables it)")
+    resident_mb: float = Field(1024.0, ge=0, description="byte budget of the tuners resident for serving, in MiB "
+                               "(least recently used ones are evicted; 0: no limit)")
+    host_cache_mb: float = Field(256.0, ge=0, description="byte budget of validated artifacts of tuners that are "
+                                 "not resident, in MiB (0: none)")
+    pin: Annotated[list[str], NoDecode] = Field(default_factory=list, description="a tuner that is never evicted and is the default task "
+                           "set once more than 64 tuners are stored (repeatable)")
+    miss_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its tuners to load "
+                                  "before it gets 503 with Retry-After")
     admin_token: str | None = Field(None, description="bearer token required for tuner writes")
     max_upload_mb: float = Field(64.0, gt=0, description="limit of one tuner artifact upload, in MiB")
     max_image_mb: float = Field(20.0, gt=0, description="limit of one image (encoded bytes), in MiB")
@@ -59,6 +67,14 @@ class ServerSettings(BaseSettings):
                                  "connections are still served this long, so load balancers move away first")
     drain_timeout_s: float = Field(20.0, gt=0, le=3600, description="then, at most this long for the requests "
                                    "in flight and queued to finish")
+
+    @field_validator("pin", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # RESTUNE_PIN=a,b as well as JSON lists and repeated flags
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("admin_token")
     @classmethod

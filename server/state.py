@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 
 from restuning import kernels
 from restuning.backbones import create_backbone
 from restuning.backbones.base import Backbone
+from restuning.bypass import BypassConfig, expected_state_shapes
+from restuning.engine import MultiTaskEngine
+from restuning.errors import ConfigError
 from restuning.preprocess import ImagePreprocessor
 from restuning.torch_threads import DEFAULT_TORCH_THREADS, helper_executor, intra_op, run_on_passing_thread
 from server.batcher import DynamicBatcher
@@ -18,9 +22,29 @@ from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
+from tuner_store.kinds import CLASSIFICATION
 from tuner_store.urls import open_store
 
 log = logging.getLogger(__name__)
+
+
+def check_resident_budget(settings: ServerSettings, registry: TunerRegistry, backbone: Backbone) -> None:
+    """Refuse a resident budget that cannot hold one tuner: the smallest stored one, or a default
+    `restune train classify` tuner on this backbone when the store is empty."""
+    if not settings.resident_mb:
+        return
+    budget = int(settings.resident_mb * 1024 * 1024)
+    stored = [r.size_bytes for r in registry.records(CLASSIFICATION.name).values()]
+    if stored:
+        smallest, what = min(stored), "the smallest tuner in the store"
+    else:
+        config = BypassConfig.create(backbone.info, num_classes=10)
+        shapes = expected_state_shapes(config, backbone.embed_dim)
+        smallest = sum(math.prod(shape) for shape in shapes.values()) * 4
+        what = f"a default tuner on {backbone.info.name} (H+V adapters, dim 10, 10 classes)"
+    if budget < smallest:
+        raise ConfigError(f"--resident-mb {settings.resident_mb:g} holds no tuner: {what} takes "
+                          f"{smallest / (1024 * 1024):.3f} MiB; raise --resident-mb, or 0 for no limit")
 
 
 @dataclass
@@ -64,16 +88,23 @@ class ServerState:
         self.preprocessor = ImagePreprocessor(info)
         if s.diffusion_model:
             self.generator = await run_on_passing_thread(GenerationService.load, s, device, dtype, threads=threads)
-        self.runtime = ServingRuntime(self.backbone, device, dtype, self.generator)
-        self.registry = TunerRegistry(self.store, self.runtime, metrics=self.metrics)
+        engine = MultiTaskEngine(self.backbone, device=device, dtype=dtype)
+        self.runtime = ServingRuntime(self.backbone, device, dtype, self.generator, engine)
+        mib = 1024 * 1024
+        self.registry = TunerRegistry(
+            self.store, self.runtime, metrics=self.metrics,
+            resident_bytes=int(s.resident_mb * mib) if s.resident_mb else None,
+            host_cache_bytes=int(s.host_cache_mb * mib), pinned=s.pin,
+        )
         try:
-            await asyncio.to_thread(self.registry.load_all)
+            await asyncio.to_thread(self.registry.sync)
             self.synced = True
         except Exception as exc:  # store away at start: serve nothing yet, not ready; retried below
-            log.warning("could not load tuners at start (%s: %s); will retry", type(exc).__name__, exc)
+            log.warning("could not read the tuners at start (%s: %s); will retry", type(exc).__name__, exc)
             self._tasks.append(asyncio.get_running_loop().create_task(self._sync_once(), name="restune-sync"))
+        check_resident_budget(s, self.registry, self.backbone)
         self.cache = FeatureCache(int(s.feature_cache_mb * 1024 * 1024))
-        runner = ClassifyRunner(self.backbone, self.registry, self.cache, device=device, dtype=dtype,
+        runner = ClassifyRunner(self.backbone, engine, self.cache, device=device, dtype=dtype,
                                 normalize=self.preprocessor.normalize, metrics=self.metrics)
         self.batcher = DynamicBatcher(
             runner.run,
@@ -85,6 +116,9 @@ class ServerState:
         )
         self.batcher.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.registry.watch_forever(), name="restune-watch"))
+        # Ready now; tuners become resident on their first request, and meanwhile pinned then newest in the back.
+        self._tasks.append(asyncio.get_running_loop().create_task(asyncio.to_thread(self.registry.warm_up),
+                                                                  name="restune-warm-up"))
         self.ready = True
 
     async def _sync_once(self, retry_seconds: float = 1.0) -> None:
@@ -93,13 +127,15 @@ class ServerState:
         while not self.synced:
             await asyncio.sleep(retry_seconds)
             try:
-                await asyncio.to_thread(self.registry.load_all)
+                await asyncio.to_thread(self.registry.sync)
                 self.synced = True
             except Exception:  # still away; the watcher logs the store's state
                 pass
 
     async def stop(self) -> None:
         self.ready = False
+        if self.registry is not None:
+            self.registry.closed.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -106,17 +106,22 @@ def _classification_shapes(tuner: dict, backbone: dict, labels: list) -> tuple[d
 
 
 def _build_classification(artifact):
+    import torch  # see the module docstring
+
     from restuning.bypass import ResTuningBypass  # torch: see the module docstring
 
     try:
         config, info = _bypass_config(artifact.tuner, artifact.backbone)
     except ConfigError as exc:
         raise ArtifactError(exc.problems, name=artifact.name) from None
-    module = ResTuningBypass(config, info.embed_dim)
+    # built on the meta device and given the artifact's tensors: no memory, time or global random numbers are
+    # spent on an initialisation that would be overwritten (a server loads tuners beside other threads' work)
+    with torch.device("meta"):
+        module = ResTuningBypass(config, info.embed_dim)
     problems = shape_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, artifact.tensors)
     if problems:
         raise ArtifactError(problems, name=artifact.name)
-    module.load_state_dict(artifact.tensors, strict=True)
+    module.load_state_dict(artifact.tensors, strict=True, assign=True)
     return module.eval()
 
 

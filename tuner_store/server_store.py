@@ -65,16 +65,24 @@ class ServerTunerStore:
     def _version(version: int | str | None) -> dict | None:
         return None if version in (None, "latest") else {"version": int(version)}
 
+    def _pages(self, **params) -> list[dict]:
+        """Every entry of the paginated listing, following its cursors."""
+        entries, cursor = [], None
+        while True:
+            page = self._send("GET", "/v1/tuners", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+            entries += page["tuners"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return entries
+
     def list(self) -> list[TunerRecord]:
-        data = self._send("GET", "/v1/tuners", params={"all_versions": "true"}).json()
-        return [TunerRecord.from_json(t) for t in data["tuners"]]
+        return [TunerRecord.from_json(t) for t in self._pages(all_versions="true")]
 
     def latest(self) -> dict[str, TunerRecord]:
-        data = self._send("GET", "/v1/tuners").json()
-        return {t["name"]: TunerRecord.from_json(t) for t in data["tuners"]}
+        return {t["name"]: TunerRecord.from_json(t) for t in self._pages()}
 
     def revision(self) -> int:
-        return int(self._send("GET", "/v1/tuners").json()["store_revision"])
+        return int(self._send("GET", "/v1/tuners", params={"limit": 1}).json()["store_revision"])
 
     def record(self, name: str, version: int | str = "latest") -> TunerRecord:
         return TunerRecord.from_json(self._send("GET", f"/v1/tuners/{name}", params=self._version(version)).json())

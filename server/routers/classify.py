@@ -23,7 +23,8 @@ from server.feature_cache import content_key
 from server.http import MULTIPART_OVERHEAD, media_type, read_body, read_multipart_file, unsupported
 from server.http_errors import ERRORS, APIError, validation_details
 from server.kinds import SERVED_KINDS
-from server.runner import ClassifyRequest, NoTunersError, UnknownTasksError
+from server.routers.leases import hold
+from server.runner import ClassifyRequest, UnknownTasksError
 from server.schemas import MAX_TOP_K, ClassifyJSONRequest, ClassifyOptions, ClassifyResponse
 from server.state import ServerState
 from tuner_store.kinds import CLASSIFICATION
@@ -49,6 +50,26 @@ CLASSIFY_BODY = {
         },
     }
 }
+
+
+# A request without tasks runs every classification tuner while the store holds at most this many; beyond,
+# the pinned ones (the operator's default set), and with none pinned the request must name its tasks.
+DEFAULT_TASKS_LIMIT = 64
+MAX_NAMES_LISTED = 64  # an error lists at most this many available names (a store may hold thousands)
+
+
+def default_tasks(registry) -> list[str]:
+    classifiers = registry.records(CLASSIFICATION.name)
+    if not classifiers:
+        raise APIError(404, "no classification tuners are loaded; upload one with POST /v1/tuners")
+    if len(classifiers) <= DEFAULT_TASKS_LIMIT:
+        return sorted(n for n in classifiers if registry.serves(n)[0])
+    pinned = sorted(n for n in registry.resident.pinned if n in classifiers and registry.serves(n)[0])
+    if pinned:
+        return pinned
+    raise APIError(400, f"name the tasks: this server holds {len(classifiers)} classification tuners (more than "
+                        f"{DEFAULT_TASKS_LIMIT}) and none is pinned as the default set (restune serve --pin NAME)",
+                   tuner_count=len(classifiers))
 
 
 @dataclass
@@ -105,23 +126,28 @@ class ClassifyAPI:
             raise APIError(400, "the image is empty")
         return ClassifyInput(image=image, tasks=split_tasks(options.tasks), top_k=options.top_k)
 
-    def check_tasks(self, tasks: list[str] | None) -> None:
-        snapshot = self.state.registry.snapshot
-        classifiers = snapshot.of_kind(CLASSIFICATION.name)
+    def tasks_for(self, tasks: list[str] | None) -> list[str]:
+        """The request's tasks, checked; without any, the default set (see DEFAULT_TASKS_LIMIT)."""
+        registry = self.state.registry
+        classifiers = registry.records(CLASSIFICATION.name)
         if not tasks:
-            if not classifiers:
-                raise APIError(404, "no classification tuners are loaded; upload one with POST /v1/tuners")
-            return
-        others = {t: snapshot.get(t) for t in tasks if t not in classifiers and snapshot.get(t) is not None}
+            return default_tasks(registry)
+        others = {t: registry.record(t) for t in tasks if t not in classifiers and registry.record(t) is not None}
         if others:
-            kinds = sorted({t.kind for t in others.values()})
+            kinds = sorted({r.kind for r in others.values()})
             where = ", ".join(SERVED_KINDS[k].endpoint for k in kinds)
             raise APIError(400, f"{', '.join(others)}: {' / '.join(kinds)} tuner(s), not classification; use {where}",
                            wrong_kind=list(others))
         unknown = [t for t in tasks if t not in classifiers]
         if unknown:
             raise APIError(404, f"unknown task(s): {', '.join(unknown)}", unknown=unknown,
-                           available=sorted(classifiers))
+                           available=sorted(classifiers)[:MAX_NAMES_LISTED],
+                           available_count=len(classifiers))
+        not_served = {t: why for t in tasks for ok, why in [registry.serves(t)] if not ok}
+        if not_served:
+            raise APIError(404, "; ".join(f"{t}: {why}" for t, why in not_served.items()),
+                           unknown=list(not_served))
+        return tasks
 
     async def pixels(self, data: bytes):
         """uint8 pixels resized for the backbone, and their content key for the feature cache."""
@@ -149,20 +175,20 @@ class ClassifyAPI:
             raise APIError(400, f"bad image: {exc}") from None
 
     async def predict(self, request: ClassifyInput) -> dict:
-        self.check_tasks(request.tasks)
+        tasks = self.tasks_for(request.tasks)
         pixels, key = await self.pixels(request.image)
-        job = ClassifyRequest(pixels=pixels, cache_key=key, tasks=request.tasks,
+        job = ClassifyRequest(pixels=pixels, cache_key=key, tasks=tasks,
                               top_k=request.top_k or self.state.settings.default_top_k)
+        lease = await hold(self.state, tasks)
         try:
             return await self.state.batcher.submit(job)
         except QueueFullError as exc:
             self.state.metrics.rejected.inc()
             raise APIError(503, f"overloaded: {exc}", headers={"Retry-After": "1"}) from None
         except UnknownTasksError as exc:  # deleted between the check and the batch
-            raise APIError(404, f"unknown task(s): {', '.join(exc.unknown)}", unknown=exc.unknown,
-                           available=exc.loaded) from None
-        except NoTunersError as exc:
-            raise APIError(404, str(exc)) from None
+            raise APIError(404, f"unknown task(s): {', '.join(exc.unknown)}", unknown=exc.unknown) from None
+        finally:
+            lease.release()
 
     def encode_response(self, result: dict) -> dict:
         """The runner's result as the response body; FastAPI validates it against ClassifyResponse on the way out."""

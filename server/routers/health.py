@@ -43,11 +43,12 @@ def router(state: ServerState) -> APIRouter:
         except Exception as exc:
             log.warning("readiness: tuner store: %s", exc or type(exc).__name__)
             store = "unreachable"
-        snapshot = state.registry.snapshot if state.registry else None
+        registry = state.registry
         body = {
             "backbone": state.backbone.info.name if state.backbone else None,
-            **{f"{kind}_tuners": len(snapshot.of_kind(kind)) if snapshot else 0 for kind in SERVED_KINDS},
-            "store_revision": snapshot.revision if snapshot else 0,
+            **{f"{kind}_tuners": len(registry.records(kind)) if registry else 0 for kind in SERVED_KINDS},
+            "resident_tuners": len(registry.resident) if registry else 0,
+            "store_revision": registry.revision if registry else 0,
             "store": store,
         }
         if problems:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -14,7 +15,8 @@ from fastapi.responses import Response
 from server.auth import require_admin
 from server.http import MULTIPART_OVERHEAD, media_type, read_body, read_multipart_file, unsupported
 from server.http_errors import ERRORS, APIError
-from server.registry import check_serves
+from server.registry import NotServedError, check_serves
+from server.residency import ResidencyError
 from server.schemas import DeleteResponse, PutResponse, TunerDetail, TunerList
 from server.state import ServerState
 from tuner_store.errors import ArtifactError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
@@ -36,6 +38,19 @@ UPLOAD_BODY = {
         },
     }
 }
+
+
+LIST_LIMIT = 500
+MAX_LIST_LIMIT = 1000
+
+
+def _position(record: TunerRecord) -> tuple[str, int]:
+    return record.name, record.version
+
+
+def _cursor_position(cursor: str) -> tuple[str, int]:
+    name, _, version = cursor.partition("@")
+    return name, int(version) if version.isdigit() else 0
 
 
 def router(state: ServerState) -> APIRouter:
@@ -67,21 +82,86 @@ def router(state: ServerState) -> APIRouter:
 
     def summary(record: TunerRecord, **extra) -> dict:
         """The stored record, and what this server makes of it."""
-        served = state.registry.snapshot.get(record.name)
+        registry = state.registry
+        newest = registry.record(record.name)
+        resident = registry.resident.get(record.name)
+        servable = registry.serves(record.name)[0]
+        failure = registry.failures.get(record.name)
+        serving_version = resident.version if resident is not None else (newest.version if servable else None)
         return {**record.to_json(), "ref": record.ref,
-                "serving": served is not None and served.version == record.version,
-                "serving_version": served.version if served is not None else None,
-                "problem": state.registry.failures.get(record.name), **extra}
+                "serving": servable and newest is not None and newest.version == record.version,
+                "serving_version": serving_version,
+                "resident": resident is not None and resident.version == record.version,
+                "pinned": record.name in registry.resident.pinned,
+                "problem": failure[1] if failure is not None else (None if servable else registry.serves(record.name)[1]),
+                **extra}
+
+    def matches(record: TunerRecord, prefix: str | None, kind: str | None, wanted: str | None) -> bool:
+        if prefix and not record.name.startswith(prefix):
+            return False
+        if kind and record.kind != kind:
+            return False
+        if wanted == "resident":
+            return record.name in state.registry.resident
+        if wanted == "serving":
+            return state.registry.serves(record.name)[0]
+        if wanted == "problem":
+            return not state.registry.serves(record.name)[0] or record.name in state.registry.failures
+        return True
 
     @routes.get("/v1/tuners", response_model=TunerList, responses=ERRORS,
-                summary="List tuners: the newest version of each, or every version with ?all_versions=true")
-    async def list_tuners(all_versions: bool = False):
+                summary="List tuners, a page at a time: the newest version of each (from the store's records), or "
+                        "every version with ?all_versions=true")
+    async def list_tuners(
+        all_versions: bool = False,
+        limit: int = Query(LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT, description="tuners per page"),
+        cursor: str | None = Query(None, description="the next_cursor of the previous page"),
+        prefix: str | None = Query(None, description="only names that start with this"),
+        kind: Literal["classification", "diffusion"] | None = Query(None),
+        state_: Literal["resident", "serving", "problem"] | None = Query(
+            None, alias="state", description="resident: placed for serving now; serving: answered here (resident "
+                                             "or loaded on its first request); problem: cannot serve here"),
+    ):
         if all_versions:
             records = await store_call(state.store.list)
         else:
-            records = [r for _, r in sorted((await store_call(state.store.latest)).items())]
-        revision = await store_call(state.store.revision)
-        return {"tuners": [summary(r) for r in records], "store_revision": revision}
+            records = [state.registry.record(n) for n in state.registry.names()]
+        # names (and name@version) sort in the same order every time: a cursor stays valid while tuners come
+        # and go, and a page never repeats or skips what was there before it
+        page, next_cursor = [], None
+        after = _cursor_position(cursor) if cursor is not None else None
+        for record in records:
+            if record is None:
+                continue
+            if after is not None and (_position(record) if all_versions else record.name) <= (
+                    after if all_versions else after[0]):
+                continue
+            if not matches(record, prefix, kind, state_):
+                continue
+            if len(page) == limit:
+                next_cursor = page[-1].ref
+                break
+            page.append(record)
+        return {"tuners": [summary(r) for r in page], "store_revision": state.registry.revision,
+                "next_cursor": next_cursor}
+
+    @routes.post("/v1/tuners/{name}/pin", responses=ERRORS, summary="Keep a tuner resident on this replica")
+    async def pin(name: str, request: Request):
+        require_admin(request, state.settings.admin_token)
+        await call_registry(state.registry.pin, name)
+        return {"name": name, "pinned": True}
+
+    @routes.delete("/v1/tuners/{name}/pin", responses=ERRORS, summary="Let a tuner be evicted again")
+    async def unpin(name: str, request: Request):
+        require_admin(request, state.settings.admin_token)
+        state.registry.unpin(name)
+        return {"name": name, "pinned": False}
+
+    async def call_registry(fn, *args):
+        try:
+            return await store_call(fn, *args)
+        except (ResidencyError, NotServedError) as exc:
+            raise APIError(503 if isinstance(exc, ResidencyError) else 404, str(exc)) from None
 
     @routes.get("/v1/tuners/{name}", response_model=TunerDetail, responses=ERRORS, summary="One tuner's details")
     async def get_tuner(name: str, version: int | None = Query(None, ge=1)):

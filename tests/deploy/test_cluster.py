@@ -175,7 +175,11 @@ def test_redis_killed_and_restarted_under_classify_load(cluster, artifact_bytes)
             assert r.headers["retry-after"] == "2"
             assert "tuner store unavailable" in r.json()["error"]
             assert str(redis.port) not in r.text  # where the store lives stays in the server's log
-            assert httpx.get(f"{server.url}/v1/tuners", timeout=30).status_code == 503
+            # the listing is the replica's catalog (the store's records as last seen): what it serves
+            listing = httpx.get(f"{server.url}/v1/tuners", timeout=30)
+            assert listing.status_code == 200 and "during-outage" not in listing.text
+            every_version = httpx.get(f"{server.url}/v1/tuners", params={"all_versions": "true"}, timeout=30)
+            assert every_version.status_code == 503  # read from the store itself
             # still ready: it serves its loaded tuners, and a balancer must keep sending (deploy/kubernetes)
             ready = httpx.get(f"{server.url}/readyz", timeout=30)
             assert ready.status_code == 200 and ready.json()["store"] == "unreachable", ready.text
@@ -282,13 +286,13 @@ def test_redis_restarted_without_persistence_resyncs(tmp_path, run_app, micro_ba
             for i, name in enumerate(["alpha", "beta"]):
                 store.put(make_artifact(micro_backbone, name, seed=i))
         async with run_app(server_settings(redis.url(0))) as app:
-            assert sorted(app.state.registry.snapshot.of_kind("classification")) == ["alpha", "beta"]
+            assert sorted(app.state.registry.records("classification")) == ["alpha", "beta"]
             redis.kill()
             redis.start()  # empty, revision 0
-            await app.wait_for(lambda: not app.state.registry.snapshot.of_kind("classification"), timeout=15)
+            await app.wait_for(lambda: not app.state.registry.records("classification"), timeout=15)
             with open_store(redis.url(0)) as store:  # and it follows the new log from its start
                 store.put(make_artifact(micro_backbone, "gamma", seed=3))
-            await app.wait_for(lambda: list(app.state.registry.snapshot.of_kind("classification")) == ["gamma"], timeout=15)
+            await app.wait_for(lambda: list(app.state.registry.records("classification")) == ["gamma"], timeout=15)
 
     try:
         asyncio.run(main())

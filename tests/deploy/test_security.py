@@ -138,7 +138,7 @@ def test_writes_need_the_admin_token(app_client, micro_backbone):
                 assert_clean_error(await client.delete("/v1/tuners/alpha", headers=headers), status)
             # a token in the query string is not a token
             assert_clean_error(await client.delete(f"/v1/tuners/alpha?token={TOKEN}&admin_token={TOKEN}"), 401)
-            assert "alpha" in app.state.registry.snapshot.of_kind("classification")
+            assert "alpha" in app.state.registry.records("classification")
             assert (await client.get("/v1/tuners/guarded")).status_code == 404
             ok = await client.post("/v1/tuners", content=data, headers={
                 "content-type": "application/octet-stream", "authorization": f"Bearer {TOKEN}"})
@@ -296,7 +296,7 @@ def test_request_bodies_over_the_limits_are_413(app_client, micro_backbone):
             assert_clean_error(r, 413)
             r = await client.post("/v1/tuners", content=chunks(), headers={**auth, "content-type": "application/octet-stream"})
             assert_clean_error(r, 413)
-            assert "big" not in app.state.registry.snapshot.of_kind("classification")
+            assert "big" not in app.state.registry.records("classification")
 
     run(main())
 
@@ -323,7 +323,7 @@ def test_path_traversal_names_are_refused(app_client, store_url, tmp_path):
                     assert_clean_error(r, (400, 404, 405, 422), str(root))
                     assert b"secret" not in r.content
             assert (victim / "1.safetensors").read_bytes() == b"secret"
-            assert sorted(app.state.registry.snapshot.of_kind("classification")) == ["alpha", "beta", "gamma"]
+            assert sorted(app.state.registry.records("classification")) == ["alpha", "beta", "gamma"]
 
     run(main())
 

@@ -42,7 +42,7 @@ def test_classify_all_tasks_json_and_multipart(store_url, run_app, micro_backbon
             from restuning.preprocess import ImagePreprocessor, load_image
 
             pixels = ImagePreprocessor(micro_backbone.info)(load_image(image))
-            engine = app.state.registry.snapshot.runners["classification"]
+            engine = app.state.runtime.engine
             probs = torch.softmax(engine.classify(pixels[None], ["beta"])["beta"][0], -1)
             top = torch.topk(probs, 4)
             assert beta["labels"] == [f"beta-class{int(i)}" for i in top.indices]
@@ -142,7 +142,7 @@ def test_tuner_crud_and_hot_load(store_url, run_app, micro_backbone):
             r = await app.client.post("/v1/tuners", content=data, headers={"content-type": "application/octet-stream"})
             assert r.status_code == 201, r.text
             assert r.json()["ref"] == "delta@1"
-            await app.wait_for(lambda: "delta" in app.state.registry.snapshot.of_kind("classification"))
+            await app.wait_for(lambda: "delta" in app.state.registry.records("classification"))
             r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(3)), "tasks": ["delta"]})
             assert r.status_code == 200 and r.json()["results"]["delta"]["tuner"] == "delta@1"
 
@@ -150,13 +150,13 @@ def test_tuner_crud_and_hot_load(store_url, run_app, micro_backbone):
             data2 = encode_artifact(make_artifact(micro_backbone, "delta", num_classes=2, seed=10))
             r = await app.client.post("/v1/tuners", files={"file": ("delta.safetensors", data2)})
             assert r.status_code == 201 and r.json()["version"] == 2
-            await app.wait_for(lambda: app.state.registry.snapshot.of_kind("classification")["delta"].version == 2)
+            await app.wait_for(lambda: app.state.registry.records("classification")["delta"].version == 2)
             detail = (await app.client.get("/v1/tuners/delta")).json()
             assert detail["versions"] == [1, 2] and detail["labels"] == ["delta-class0", "delta-class1"]
 
             r = await app.client.delete("/v1/tuners/delta")
             assert r.status_code == 200 and r.json()["deleted_versions"] == [1, 2]
-            await app.wait_for(lambda: "delta" not in app.state.registry.snapshot.of_kind("classification"))
+            await app.wait_for(lambda: "delta" not in app.state.registry.records("classification"))
             r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(3)), "tasks": ["delta"]})
             assert r.status_code == 404
             assert (await app.client.get("/v1/tuners/delta")).status_code == 404
@@ -181,7 +181,7 @@ def test_bad_uploads_keep_everything_serving(store_url, run_app):
                 assert "invalid artifact" in r.json()["error"]
             r = await app.client.post("/v1/tuners", content=b"x", headers={"content-type": "text/plain"})
             assert r.status_code == 415
-            assert app.state.registry.snapshot.of_kind("classification")["alpha"].version == 1
+            assert app.state.registry.records("classification")["alpha"].version == 1
             r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(0))})
             assert r.status_code == 200 and set(r.json()["results"]) == {"alpha", "beta", "gamma"}
 

@@ -42,7 +42,7 @@ def _decode(png_b64: str) -> torch.Tensor:
 def test_generate_styles_in_one_pass(gen_store, run_app, style_artifacts):
     async def main():
         async with run_app(server_settings(gen_store, diffusion_model="tiny-random")) as app:
-            assert set(app.state.registry.snapshot.of_kind("diffusion")) == {"ink", "neon"}
+            assert set(app.state.registry.records("diffusion")) == {"ink", "neon"}
             body = {"prompts": ["a red boat", "a cat"], "styles": ["base", "ink", "neon"], "steps": 2, "seed": 7,
                     "height": 32, "width": 32}
             r = await app.client.post("/v1/generate", json=body)

@@ -24,10 +24,10 @@ def test_tuner_churn_frees_old_snapshots(store_url, run_app, micro_backbone):
             for i in range(8):
                 r = await app.client.post("/v1/tuners", content=blobs[i % 2], headers=octet)
                 assert r.status_code == 201, r.text
-                await app.wait_for(lambda: "churn" in app.state.registry.snapshot.of_kind("classification"))
+                await app.wait_for(lambda: "churn" in app.state.registry.records("classification"))
                 assert (await app.client.delete("/v1/tuners/churn")).status_code == 200
-                await app.wait_for(lambda: "churn" not in app.state.registry.snapshot.of_kind("classification"))
-            assert len(app.state.registry.snapshot.of_kind("classification")) == 3
+                await app.wait_for(lambda: "churn" not in app.state.registry.records("classification"))
+            assert len(app.state.registry.records("classification")) == 3
             assert alive(MultiTaskEngine) <= engines_before
             assert alive(ResTuningBypass) <= heads_before
 

@@ -103,10 +103,13 @@ def test_engine_artifact_store_and_registry_take_every_name(micro_backbone, tmp_
         artifact = classification_artifact(name, heads[name], ["no", "yes"], micro_backbone)
         assert decode_artifact(encode_artifact(artifact)).name == name
         assert store.put(artifact).ref == f"{name}@1"
-    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32))
-    snapshot = registry.load_all()
-    assert sorted(snapshot.of_kind("classification")) == sorted(("train", "eval", "to", "keys", "a.b", "my-task"))
-    logits = snapshot.runners["classification"].run(feats, ["keys", "train"])
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32,
+                                                  engine=MultiTaskEngine(micro_backbone)))
+    registry.sync()
+    assert sorted(registry.records("classification")) == sorted(("train", "eval", "to", "keys", "a.b", "my-task"))
+    for name in ("keys", "train"):
+        registry.ensure(name)
+    logits = registry.runtime.engine.run(feats, ["keys", "train"])
     torch.testing.assert_close(logits["train"], heads["train"](feats, micro_backbone))
 
 
