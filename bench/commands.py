@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bench.results import BenchResult, emit
 from bench.soak_config import SoakConfig
+from bench.tuners_config import TunersConfig
 from restuning.cli_types import comma_list, positive_int, positive_list
 from restuning.errors import ConfigError
 
@@ -214,6 +215,47 @@ def _soak(args):
     return soak_result(run_soak(cfg), cfg)
 
 
+# -- tuners ---------------------------------------------------------------------------------------------------
+
+def _tuners_args(b: argparse.ArgumentParser) -> None:
+    d = TunersConfig()
+    b.add_argument("--backbone", default=d.backbone)
+    b.add_argument("--counts", type=positive_list(int), default=list(d.counts),
+                   help="tuners in the store, compared with a 5-tuner server (default %(default)s)")
+    b.add_argument("--pooling", type=comma_list, default=list(d.poolings), help="token, avg or token,avg")
+    b.add_argument("--mixes", type=comma_list, default=[f"{k}:{p}" for k, p in d.mixes],
+                   help="request mixes K:POPULARITY, popularity uniform or zipf (default %(default)s)")
+    b.add_argument("--partial-budget", type=float, default=d.partial_budget,
+                   help="share of the tuners the small resident budget holds, largest N only (0: skip)")
+    b.add_argument("--concurrency", type=int, default=d.concurrency)
+    b.add_argument("--window-s", type=float, default=d.window_s, help="seconds per load window")
+    b.add_argument("--rounds", type=int, default=d.rounds, help="windows each server gets, taking turns")
+    b.add_argument("--puts", type=int, default=d.puts, help="put-to-serving samples per N (0 skips)")
+    b.add_argument("--image-size", type=int, default=d.image_size)
+    b.add_argument("--store", default=d.store, help="file (a temporary directory) or a scratch redis:// URL "
+                                                    "(its database is flushed)")
+    b.add_argument("--engine-tuners", type=int, default=d.engine_tuners)
+    b.add_argument("--seed", type=int, default=d.seed)
+
+
+def _tuners(args):
+    from bench.tuners import run_tuners_bench, tuners_result  # torch: see the module docstring
+
+    mixes = []
+    for mix in args.mixes:
+        k, _, popularity = mix.partition(":")
+        if not k.isdigit() or int(k) < 1 or popularity not in ("uniform", "zipf"):
+            raise ConfigError(f"--mixes {mix!r}: give K:POPULARITY, e.g. 3:zipf or 1:uniform")
+        mixes.append((int(k), popularity))
+    if any(c < 6 for c in args.counts if c != 5) or not args.counts:
+        raise ConfigError("--counts are tuner counts above 5 (5 is the baseline every count is compared with)")
+    cfg = TunersConfig(backbone=args.backbone, counts=tuple(args.counts), poolings=tuple(args.pooling),
+                       mixes=tuple(mixes), partial_budget=args.partial_budget, concurrency=args.concurrency,
+                       window_s=args.window_s, rounds=args.rounds, puts=args.puts, image_size=args.image_size,
+                       store=args.store, engine_tuners=args.engine_tuners, seed=args.seed)
+    return tuners_result(run_tuners_bench(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+
+
 # -- generate -------------------------------------------------------------------------------------------------
 
 def _generate_args(b: argparse.ArgumentParser) -> None:
@@ -272,6 +314,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("soak", "a real server under a steady mixed classify/upload/delete load: errors and memory over time",
               _soak_args, _soak),
     Benchmark("generate", "S styles x P prompts in one pass vs S sequential runs", _generate_args, _generate),
+    Benchmark("tuners", "a real server holding N tuners (up to thousands) vs one holding 5: throughput, cold misses, "
+              "hot-load, memory, start-up", _tuners_args, _tuners),
 )
 
 

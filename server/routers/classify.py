@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -179,9 +180,13 @@ class ClassifyAPI:
         pixels, key = await self.pixels(request.image)
         job = ClassifyRequest(pixels=pixels, cache_key=key, tasks=tasks,
                               top_k=request.top_k or self.state.settings.default_top_k)
+        waited = time.perf_counter()
         lease = await hold(self.state, tasks)
+        waited = (time.perf_counter() - waited) * 1000  # loading tuners that were not resident, if any
         try:
-            return await self.state.batcher.submit(job)
+            result = await self.state.batcher.submit(job)
+            result["timings_ms"]["tuner_load"] = round(waited, 3)
+            return result
         except QueueFullError as exc:
             self.state.metrics.rejected.inc()
             raise APIError(503, f"overloaded: {exc}", headers={"Retry-After": "1"}) from None
