@@ -83,6 +83,7 @@ class TunerRegistry:
         self._lock = threading.Lock()  # serialises snapshot builders; readers never take it
         self.last_error: str | None = None
         self.failures: dict[str, str] = {}  # name -> why its newest version is not serving
+        self._unloaded: set[str] = set()  # names unloaded on this replica (see the repository extension below)
 
     @property
     def snapshot(self) -> TunerSnapshot:
@@ -92,6 +93,8 @@ class TunerRegistry:
 
     def _load(self, name: str, version: int) -> LoadedTuner | None:
         """Fetch, validate and build one tuner version; None (and a logged reason) when it cannot serve here."""
+        if name in self._unloaded:  # unloaded on this replica: store changes for it wait for load(name)
+            return None
         data = self.store.get_bytes(name, version)
         kind = None
         try:
@@ -163,6 +166,58 @@ class TunerRegistry:
             self._publish(tuners, max(revision, current.revision))
         if self.metrics is not None:
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
+
+    # -- repository extension (v2): load / unload / state --------------------------------------------------
+    # What POST /v2/repository/models/{name}/load|unload and the repository index ask of this replica. Only the
+    # replica's served set changes; the store is never written.
+
+    def load(self, name: str) -> LoadedTuner:
+        """Serve the newest stored version of `name` here now (blocking), and clear a previous unload.
+
+        NotFoundError when the store has no such tuner; ArtifactError when it cannot serve on this replica.
+        """
+        with self._lock:
+            record = self.store.record(name, "latest")  # NotFoundError: no such tuner
+            self._unloaded.discard(name)
+            current = self._snapshot
+            served = current.get(name)
+            if served is not None and served.version == record.version:
+                return served
+            fresh = self._load(name, record.version)
+            if fresh is None:
+                reason = self.failures.get(name) or f"{record.ref} is a {record.kind} tuner, which this server " \
+                                                    "does not serve"
+                raise ArtifactError(reason, name=name)
+            tuners = {kind: dict(current.of_kind(kind)) for kind in SERVED_KINDS}
+            for loaded in tuners.values():
+                loaded.pop(name, None)
+            tuners[fresh.kind][name] = fresh
+            self._publish(tuners, current.revision)
+            return fresh
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name` on this replica, leaving the store alone; it stays unloaded until load(name).
+
+        NotFoundError when it is neither served here nor in the store.
+        """
+        with self._lock:
+            current = self._snapshot
+            if current.get(name) is None and name not in self._unloaded:
+                self.store.record(name, "latest")  # NotFoundError: nothing by that name anywhere
+            self._unloaded.add(name)
+            self.failures.pop(name, None)
+            tuners = {kind: {n: t for n, t in current.of_kind(kind).items() if n != name} for kind in SERVED_KINDS}
+            self._publish(tuners, current.revision)
+
+    def state_of(self, name: str) -> tuple[str, str | None]:
+        """("READY", None) when `name` is served here now, else ("UNAVAILABLE", why)."""
+        if name in self._unloaded:
+            return "UNAVAILABLE", "unloaded on this replica"
+        if self._snapshot.get(name) is not None:
+            return "READY", None
+        return "UNAVAILABLE", self.failures.get(name) or "not loaded on this replica"
+
+    # -- end of the repository extension --------------------------------------------------------------------
 
     async def watch_forever(self, *, retry_seconds: float = 1.0) -> None:
         """Apply every store change in order; reconnect from the last revision after an outage."""

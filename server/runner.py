@@ -31,6 +31,7 @@ class ClassifyRequest:
     cache_key: str
     tasks: list[str] | None  # None: every loaded classification tuner
     top_k: int
+    probabilities: bool = False  # also every class's probability per task (the v2 protocol's FP32 [B, C] output)
 
 
 class ClassifyRunner:
@@ -106,11 +107,12 @@ class ClassifyRunner:
         # One top-k per task for the whole batch, turned into Python lists once: per-request,
         # per-task tensor calls would cost more than the heads themselves on a small backbone.
         k_max = max(r.top_k for r in batch)
+        want_probs = any(r.probabilities for r in batch)
         ranked = {}
         for name, v in logits.items():
             probs = torch.softmax(v.float(), dim=-1)
             scores, idx = torch.topk(probs, min(k_max, probs.shape[-1]), dim=-1)
-            ranked[name] = (scores.cpu().tolist(), idx.cpu().tolist())
+            ranked[name] = (scores.cpu().tolist(), idx.cpu().tolist(), probs if want_probs else None)
         heads_ms = (time.perf_counter() - start) * 1000
         if self.metrics is not None:
             self.metrics.heads_seconds.observe(heads_ms / 1000)
@@ -119,12 +121,14 @@ class ClassifyRunner:
             out = {}
             for name in r.tasks or loaded:
                 tuner = classifiers[name]
-                scores, idx = ranked[name]
+                scores, idx, probs = ranked[name]
                 out[name] = {
                     "labels": [tuner.labels[c] for c in idx[j][: r.top_k]],
                     "scores": [round(s, 6) for s in scores[j][: r.top_k]],
                     "tuner": tuner.ref,
                 }
+                if r.probabilities:
+                    out[name]["probabilities"] = probs[j].cpu().tolist()
             results[i] = {
                 "results": out,
                 "timings_ms": {

@@ -151,8 +151,11 @@ class ClassifyAPI:
     async def predict(self, request: ClassifyInput) -> dict:
         self.check_tasks(request.tasks)
         pixels, key = await self.pixels(request.image)
-        job = ClassifyRequest(pixels=pixels, cache_key=key, tasks=request.tasks,
-                              top_k=request.top_k or self.state.settings.default_top_k)
+        return await self.submit(ClassifyRequest(pixels=pixels, cache_key=key, tasks=request.tasks,
+                                                 top_k=request.top_k or self.state.settings.default_top_k))
+
+    async def submit(self, job: ClassifyRequest) -> dict:
+        """One image through the batcher (shared with /v2 infer); its failures as HTTP answers."""
         try:
             return await self.state.batcher.submit(job)
         except QueueFullError as exc:
