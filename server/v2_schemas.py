@@ -16,8 +16,32 @@ Dimension = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_TENSORS = 1024  # inputs or requested outputs per request
 
 
+# Requests are validated strictly: the protocol's JSON types exactly, nothing converted ("1" is not 1, 0 is not
+# false), and no field the protocol does not have.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs written in place, to embed in an OpenAPI requestBody (where a
+    `#/$defs/…` reference would point at the OpenAPI document's root)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
 class InferInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = Field(..., min_length=1, max_length=256)
     shape: list[Dimension] = Field(..., max_length=8)
@@ -28,7 +52,7 @@ class InferInput(BaseModel):
 
 
 class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = Field(..., min_length=1, max_length=256)
     parameters: Parameters | None = Field(
@@ -37,7 +61,7 @@ class RequestedOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     id: str | None = Field(None, max_length=256)
     parameters: Parameters | None = Field(
@@ -96,7 +120,7 @@ class ModelReady(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     ready: bool | None = Field(None, description="true: only the models ready on this replica")
 
@@ -111,7 +135,7 @@ class RepositoryModel(BaseModel):
 class RepositoryRequest(BaseModel):
     """The body of load and unload; restune takes no parameters there (models come from the tuner store)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     parameters: Parameters | None = None
 

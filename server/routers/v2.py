@@ -54,6 +54,7 @@ from server.v2_schemas import (
     ModelReady,
     Ready,
     ServerMetadata,
+    inline_schema,
 )
 from tuner_store.artifact import is_valid_name
 from tuner_store.errors import NotFoundError, StoreError
@@ -71,7 +72,7 @@ INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/json": {"schema": inline_schema(InferenceRequest)},
             BINARY_CONTENT_TYPE: {"schema": {
                 "type": "string", "format": "binary",
                 "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH} bytes), then the "
@@ -206,7 +207,8 @@ class V2API:
         except ValidationError as exc:
             raise APIError(422, "invalid inference request", details=validation_details(exc)) from None
         params = payload.parameters or {}
-        top_k = _param(params, "top_k", int, None) or self.state.settings.default_top_k
+        top_k = _param(params, "top_k", int, None)
+        top_k = self.state.settings.default_top_k if top_k is None else top_k
         if not 1 <= top_k <= MAX_TOP_K:
             raise APIError(400, f"parameter 'top_k' must lie in [1, {MAX_TOP_K}]")
         binary_default = _param(params, "binary_data_output", bool, False)

@@ -18,14 +18,20 @@ from server.http_errors import ERRORS, APIError, validation_details
 from server.routers.v2 import MULTITASK_MODEL
 from server.state import ServerState
 from server.store_calls import StoreCalls
-from server.v2_schemas import RepositoryAnswer, RepositoryIndexRequest, RepositoryModel, RepositoryRequest
+from server.v2_schemas import (
+    RepositoryAnswer,
+    RepositoryIndexRequest,
+    RepositoryModel,
+    RepositoryRequest,
+    inline_schema,
+)
 from tuner_store.artifact import is_valid_name
 
 SMALL_BODY = 64 * 1024  # these bodies hold a few parameters at most
 
 
 def _optional_body(model):
-    return {"requestBody": {"required": False, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": inline_schema(model)}}}}
 
 
 async def _parse(request: Request, model):
