@@ -194,7 +194,7 @@
         const { tuner, cell } = queue.shift();
         try {
           const labels = await labelsOf(tuner);
-          cell.replaceChildren(labels.join(", "));
+          cell.replaceChildren(labels.length ? labels.join(", ") : "—"); // style tuners have no labels
           cell.setAttribute("title", labels.join(", "));
         } catch (err) {
           cell.replaceChildren(`${tuner.num_labels} labels`);

@@ -83,6 +83,14 @@ class ClassifyAPI:
         # wide pool, does not pre-empt the backbone's intra-op threads several times over.
         self.decode_executor = helper_executor(max_workers=1, thread_name_prefix="restune-decode")
 
+    @classmethod
+    def of(cls, state: ServerState) -> "ClassifyAPI":
+        """The server's one ClassifyAPI: /v1 and /v2 share its decode thread, as they share the batcher."""
+        api = getattr(state, "classify_api", None)
+        if api is None:
+            api = state.classify_api = cls(state)
+        return api
+
     async def decode_request(self, request: Request) -> ClassifyInput:
         kind = media_type(request)
         if kind == "application/json":
@@ -173,7 +181,7 @@ class ClassifyAPI:
 
 
 def router(state: ServerState) -> APIRouter:
-    api = ClassifyAPI(state)
+    api = ClassifyAPI.of(state)
     routes = APIRouter()
 
     @routes.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=CLASSIFY_BODY,

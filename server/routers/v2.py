@@ -139,7 +139,7 @@ def _param(params: dict, key: str, kind: type, default=None):
 class V2API:
     def __init__(self, state: ServerState):
         self.state = state
-        self.classify = ClassifyAPI(state)  # the /v1 decoding, limits and batcher answers, shared
+        self.classify = ClassifyAPI.of(state)  # /v1's decoding, limits and batcher answers, shared
         # A batch of images shares one request body, which gets the same limit as a /v1 classify body.
         self.body_limit = self.classify.body_limit
         self.max_batch = state.settings.max_queue_size  # more images than the queue holds could never all wait

@@ -100,10 +100,13 @@ def by_id(driver, element_id):
     return driver.find_element(By.ID, element_id)
 
 
-def shot(driver, shots: Path, name: str, element_id: str | None = None) -> None:
-    """A screenshot of the page, or of one section scrolled into view."""
+def shot(driver, shots: Path, name: str, element_id: str | None = None, center: str | None = None) -> None:
+    """A screenshot of the page: from its top, from a section's top (element_id), or around an element (a CSS
+    selector, scrolled to the middle of the window)."""
     if element_id:
         driver.execute_script("document.getElementById(arguments[0]).scrollIntoView()", element_id)
+    if center:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", center)
     path = shots / f"{name}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 5000
@@ -252,7 +255,7 @@ def test_a_hostile_label_renders_as_text(server, browser, shots, tmp_path, micro
     assert HOSTILE_LABEL in labels
     assert css(browser, "#tuners-body img, #classify-results img") == []  # text, never an element
     assert browser.execute_script("return window.__owned") is None
-    shot(browser, shots, "hostile-label", "tuners")
+    shot(browser, shots, "hostile-label", center='tr[data-tuner="hostile"]')
     assert problems_in_log(browser) == []
     # delete it through the page: two clicks on its row's button
     button = css(browser, 'tr[data-tuner="hostile"] button.danger')[0]

@@ -188,6 +188,7 @@ def test_errors_are_the_protocols_json_with_the_right_status(server, client):
 
 def test_repository_index_load_and_unload(server, client, micro_backbone):
     from tritonclient.utils import InferenceServerException
+
     from tuner_store.urls import open_store
 
     index = {m["name"]: m for m in client.get_model_repository_index()}
