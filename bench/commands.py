@@ -174,6 +174,25 @@ def _serve(args):
     return serve_result(payload, args.backbone, args.concurrency)
 
 
+# -- v2 ---------------------------------------------------------------------------------------------------------
+
+def _v2_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--backbone", default="vit_tiny_patch16_224")
+    b.add_argument("--tasks", type=int, default=19, help="random tuners loaded (default 19)")
+    b.add_argument("--concurrency", type=int, default=16)
+    b.add_argument("--duration", type=float, default=30.0, help="seconds of load per protocol")
+    b.add_argument("--rounds", type=int, default=3, help="the protocols take turns this many times (default 3)")
+    b.add_argument("--max-batch-size", type=int, default=None, help="server batch cap (default concurrency / 2)")
+
+
+def _v2(args):
+    from bench.protocols import protocols_result, run_protocols_bench  # torch, tritonclient: see the docstring
+
+    payload = run_protocols_bench(backbone_name=args.backbone, tasks=args.tasks, concurrency=args.concurrency,
+                                  duration=args.duration, rounds=args.rounds, max_batch_size=args.max_batch_size)
+    return protocols_result(payload, args.backbone, args.concurrency)
+
+
 # -- soak -----------------------------------------------------------------------------------------------------
 
 def _soak_args(b: argparse.ArgumentParser) -> None:
@@ -311,6 +330,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("train-memory", "peak memory + step time: full FT, Res-Tuning, bypass, cached", _train_memory_args,
               _train_memory),
     Benchmark("serve", "a real server on loopback under concurrent clients vs the raw engine", _serve_args, _serve),
+    Benchmark("v2", "one server: /v2 through tritonclient vs /v1 multipart, same images and concurrency", _v2_args,
+              _v2),
     Benchmark("soak", "a real server under a steady mixed classify/upload/delete load: errors and memory over time",
               _soak_args, _soak),
     Benchmark("generate", "S styles x P prompts in one pass vs S sequential runs", _generate_args, _generate),

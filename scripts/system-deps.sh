@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The system programs the test suite runs for real (never fakes): installs the missing ones where that
-# can be done (root + apt-get, i.e. Debian/Ubuntu), otherwise stops with one line saying what to install.
+# The system programs the test suite runs for real, never fakes (redis-server; Chromium and its driver for the
+# console's browser tests): installs the missing ones where that can be done (root + apt-get, i.e. Debian/Ubuntu),
+# otherwise stops with one line saying what to install.
 # Called by `make test`; `make system-deps` runs it alone.
 set -euo pipefail
 
 # command -> Debian package
 declare -A PACKAGE=(
     [redis-server]=redis-server
+    [chromium]=chromium                # the console's browser tests (tests/server/test_console_browser.py)
+    [chromedriver]=chromium-driver     # Selenium drives Chromium through it
 )
 
 missing_cmds=()
@@ -28,5 +31,5 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "make test: apt-get could not install ${missing_pkgs[*]}; install it, then run make test again" >&2
     exit 1
 fi
-echo "make test needs ${missing_cmds[*]}: install it first (Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}; macOS: brew install redis)" >&2
+echo "make test needs ${missing_cmds[*]}: install it first (Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}; macOS: brew install redis chromium chromedriver)" >&2
 exit 1

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.http_errors import install_error_handlers
 from server.middleware import MetricsMiddleware
-from server.routers import classify, generate, health, tuners
+from server.routers import classify, console, generate, health, tuners, v2, v2_repository
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -42,6 +42,6 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    for resource in (classify, generate, tuners, health):
+    for resource in (classify, generate, tuners, health, v2, v2_repository, console):
         app.include_router(resource.router(state))
     return app

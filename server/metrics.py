@@ -8,6 +8,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST  # what GET /metrics answers, and what its OpenAPI entry says
 
 
 class ServerMetrics:
@@ -65,4 +66,4 @@ class ServerMetrics:
         self.tuner_requests_info.labels(",".join(running), ",".join(waiting), max_resident_mb).set(time.time())
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), METRICS_CONTENT_TYPE

@@ -59,6 +59,7 @@ class ServerState:
     preprocessor: object | None = None
     generator: object | None = None  # the diffusion service, when a diffusion model is configured
     runtime: ServingRuntime | None = None  # the frozen models tuners run on (see server.kinds)
+    classify_api: object | None = None  # routers.classify.ClassifyAPI.of(state): one decode thread for /v1 and /v2
     ready: bool = False
     synced: bool = False  # the tuners have been read from the store once (readiness waits for it)
     draining: bool = False  # SIGTERM received: readiness says 503 (server/shutdown.py)

@@ -105,6 +105,14 @@ class ClassifyAPI:
         # wide pool, does not pre-empt the backbone's intra-op threads several times over.
         self.decode_executor = helper_executor(max_workers=1, thread_name_prefix="restune-decode")
 
+    @classmethod
+    def of(cls, state: ServerState) -> "ClassifyAPI":
+        """The server's one ClassifyAPI: /v1 and /v2 share its decode thread, as they share the batcher."""
+        api = getattr(state, "classify_api", None)
+        if api is None:
+            api = state.classify_api = cls(state)
+        return api
+
     async def decode_request(self, request: Request) -> ClassifyInput:
         kind = media_type(request)
         if kind == "application/json":
@@ -178,10 +186,14 @@ class ClassifyAPI:
     async def predict(self, request: ClassifyInput) -> dict:
         tasks = self.tasks_for(request.tasks)
         pixels, key = await self.pixels(request.image)
-        job = ClassifyRequest(pixels=pixels, cache_key=key, tasks=tasks,
-                              top_k=request.top_k or self.state.settings.default_top_k)
+        return await self.submit(ClassifyRequest(pixels=pixels, cache_key=key, tasks=tasks,
+                                                 top_k=request.top_k or self.state.settings.default_top_k))
+
+    async def submit(self, job: ClassifyRequest) -> dict:
+        """One image through the batcher (shared with /v2 infer), its tuners held resident meanwhile; its failures
+        as HTTP answers."""
         waited = time.perf_counter()
-        lease = await hold(self.state, tasks)
+        lease = await hold(self.state, job.tasks)
         waited = (time.perf_counter() - waited) * 1000  # loading tuners that were not resident, if any
         try:
             result = await self.state.batcher.submit(job)
@@ -201,7 +213,7 @@ class ClassifyAPI:
 
 
 def router(state: ServerState) -> APIRouter:
-    api = ClassifyAPI(state)
+    api = ClassifyAPI.of(state)
     routes = APIRouter()
 
     @routes.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=CLASSIFY_BODY,

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server.http_errors import ErrorResponse
 from server.kinds import SERVED_KINDS
+from server.metrics import METRICS_CONTENT_TYPE
 from server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def router(state: ServerState) -> APIRouter:
         return {"status": "ready", **body}
 
     @routes.get("/metrics", summary="Prometheus metrics", response_class=Response,
-                responses={200: {"content": {"text/plain; version=0.0.4": {}}}})
+                responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}})
     async def metrics():
         data, content_type = state.metrics.render()
         return Response(data, media_type=content_type)

@@ -5,7 +5,6 @@ Store errors become the right HTTP status; where the store lives (a path, a Redi
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Literal
 
@@ -19,7 +18,7 @@ from server.registry import NotServedError, check_serves
 from server.residency import ResidencyError
 from server.schemas import DeleteResponse, PutResponse, TunerDetail, TunerList
 from server.state import ServerState
-from tuner_store.errors import ArtifactError, ConflictError, NotFoundError, StoreError, StoreUnavailableError
+from server.store_calls import StoreCalls
 from tuner_store.records import TunerRecord
 
 log = logging.getLogger(__name__)
@@ -57,28 +56,7 @@ def router(state: ServerState) -> APIRouter:
     routes = APIRouter()
     upload_limit = int(state.settings.max_upload_mb * 1024 * 1024)
 
-    def public(message: str) -> str:
-        for where in (getattr(state.store, "url", None), getattr(state.store, "root", None)):
-            if where:
-                message = message.replace(str(where), "the tuner store")
-        return message
-
-    async def store_call(fn, *args):
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except StoreUnavailableError as exc:
-            log.warning("%s", exc)
-            raise APIError(503, "tuner store unavailable: it cannot be reached right now; the tuners already "
-                                "loaded keep serving; retry later", headers={"Retry-After": "2"}) from None
-        except NotFoundError as exc:
-            raise APIError(404, public(str(exc))) from None
-        except ArtifactError as exc:
-            raise APIError(400, public(f"invalid artifact: {exc}"), problems=list(exc.problems)) from None
-        except ConflictError as exc:
-            raise APIError(409, public(str(exc))) from None
-        except StoreError as exc:  # the backend answered, with an error (e.g. Redis out of memory)
-            log.warning("%s", exc)
-            raise APIError(503, "tuner store error; retry later", headers={"Retry-After": "2"}) from None
+    store_call = StoreCalls(state)
 
     def summary(record: TunerRecord, **extra) -> dict:
         """The stored record, and what this server makes of it."""
