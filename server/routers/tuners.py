@@ -5,6 +5,7 @@ Store errors become the right HTTP status; where the store lives (a path, a Redi
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Literal
 
@@ -172,6 +173,8 @@ def router(state: ServerState) -> APIRouter:
             raise unsupported(kind, "application/octet-stream or multipart/form-data with the field 'file'")
         before = await store_call(state.store.latest)
         record = await store_call(lambda: state.store.put(data, check=check_serves(state.runtime)))
+        # this replica reads its own writes at once; the watcher brings the same change to every other one
+        await asyncio.to_thread(state.registry.apply_change, record.name, 0)
         created = not (record.name in before and before[record.name].version == record.version)
         return {"name": record.name, "version": record.version, "ref": record.ref, "created": created}
 
@@ -180,6 +183,7 @@ def router(state: ServerState) -> APIRouter:
     async def delete_tuner(name: str, request: Request, version: int | None = Query(None, ge=1)):
         require_admin(request, state.settings.admin_token)
         deleted = await store_call(state.store.delete, name, version)
+        await asyncio.to_thread(state.registry.apply_change, name, 0)  # read your own writes (see put_tuner)
         return {"name": name, "deleted_versions": list(deleted)}
 
     return routes

@@ -201,15 +201,15 @@ def test_unload_survives_store_changes_until_load(store_url, run_app, micro_back
             with open_store(store_url) as store:  # a new version arrives, as from a trainer or another replica
                 store.put(make_artifact(micro_backbone, "alpha", num_classes=3, seed=42))
                 revision = store.revision()
-            await app.wait_for(lambda: registry.snapshot.revision >= revision)
-            assert registry.snapshot.get("alpha") is None
+            await app.wait_for(lambda: registry.revision >= revision)
+            assert "alpha" not in registry.resident and registry.record("alpha").version == 2
             c = await app.client.post("/v1/classify", json={"image": base64.b64encode(png_bytes(1)).decode()})
             assert set(c.json()["results"]) == {"beta", "gamma"}  # /v1 follows the replica's served set too
 
             r = await app.client.post("/v2/repository/models/alpha/load", headers=AUTH)
             assert r.status_code == 200 and r.json() == {"name": "alpha", "version": "2", "state": "READY",
                                                          "reason": ""}
-            assert registry.snapshot.get("alpha").version == 2
+            assert registry.resident.get("alpha").version == 2
 
             # a store without the name: 404 for both; the multi-task model is not a tuner
             for action in ("load", "unload"):
@@ -234,6 +234,8 @@ def test_load_of_a_tuner_that_cannot_serve_here_is_a_400_with_the_reason(store_u
 
     async def main():
         async with run_app(server_settings(store_url, admin_token=TOKEN)) as app:
+            # tuners are validated lazily: the start-up warm-up (or a first request) finds the problem
+            await app.wait_for(lambda: app.state.registry.state_of("stranger")[0] == "UNAVAILABLE")
             status, reason = app.state.registry.state_of("stranger")
             assert status == "UNAVAILABLE" and "cannot serve here" in reason
             r = await app.client.post("/v2/repository/models/stranger/load", headers=AUTH)
