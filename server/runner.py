@@ -28,6 +28,7 @@ class ClassifyRequest:
     tasks: list[str]  # this request's tasks (the HTTP layer resolves the default set and makes them resident)
     top_k: int
     probabilities: bool = False  # also return every class's probability (the Open Inference Protocol asks)
+    named: bool = True  # False: the server's default set; a tuner deleted meanwhile is left out, not an error
 
 
 class ClassifyRunner:
@@ -83,9 +84,11 @@ class ClassifyRunner:
         results: list[object] = [None] * len(jobs)
         valid: list[int] = []
         for i, r in enumerate(requests):
-            # a task deleted since the HTTP layer checked it is reported by name
             unknown = [t for t in r.tasks if t not in self.engine]
-            if unknown:
+            if unknown and not r.named:  # the default set: what is gone since is simply not asked
+                r.tasks = [t for t in r.tasks if t in self.engine]
+                unknown = [] if r.tasks else unknown
+            if unknown:  # a task named by the request and deleted since the HTTP layer checked it: named back
                 results[i] = UnknownTasksError(unknown, sorted(self.engine.names))
             else:
                 valid.append(i)

@@ -121,7 +121,8 @@ def _build_classification(artifact):
     problems = shape_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, artifact.tensors)
     if problems:
         raise ArtifactError(problems, name=artifact.name)
-    module.load_state_dict(artifact.tensors, strict=True, assign=True)
+    # float32 whatever the artifact stores (half-precision artifacts are allowed), as a fresh module would be
+    module.load_state_dict({k: v.to(torch.float32) for k, v in artifact.tensors.items()}, strict=True, assign=True)
     return module.eval()
 
 

@@ -184,10 +184,18 @@ class ClassifyAPI:
             raise APIError(400, f"bad image: {exc}") from None
 
     async def predict(self, request: ClassifyInput) -> dict:
-        tasks = self.tasks_for(request.tasks)
+        named = self.tasks_for(request.tasks) if request.tasks else None  # before the image: the cheaper check
         pixels, key = await self.pixels(request.image)
-        return await self.submit(ClassifyRequest(pixels=pixels, cache_key=key, tasks=tasks,
-                                                 top_k=request.top_k or self.state.settings.default_top_k))
+        top_k = request.top_k or self.state.settings.default_top_k
+        if named:
+            return await self.submit(ClassifyRequest(pixels=pixels, cache_key=key, top_k=top_k, tasks=named))
+        for attempt in range(3):  # the default set: a tuner deleted while it loads is left out, not an error
+            try:
+                return await self.submit(ClassifyRequest(pixels=pixels, cache_key=key, top_k=top_k,
+                                                         tasks=self.tasks_for(None), named=False))
+            except APIError as exc:
+                if exc.status != 404 or attempt == 2:
+                    raise
 
     async def submit(self, job: ClassifyRequest) -> dict:
         """One image through the batcher (shared with /v2 infer), its tuners held resident meanwhile; its failures

@@ -63,7 +63,7 @@ def test_train_memory_schema_on_the_micro_backbone(tmp_path, capsys):
 def test_a_missing_extra_is_named_in_one_line():
     """An install without the diffusion extra: the command says which extra brings what it needs."""
     code = ("import sys; sys.modules['diffusers'] = None\n"  # as if diffusers were not installed
-            "from restune.cli import main; sys.exit(main(['bench', 'train-memory', '--diffusion', '--no-save']))")
+            "from restune.cli import main; sys.exit(main(['describe', '--diffusion', 'tiny-random']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
