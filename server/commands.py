@@ -42,6 +42,7 @@ def serve(settings, *, before: Callable[[object], None] | None = None, hints: Se
     from server.app import create_app  # torch + FastAPI (server extra): the command line builds without them
     from server.shutdown import serve_until_drained
 
+    preflight(settings)
     if before is not None:
         before(settings)
     app = create_app(settings)
@@ -50,3 +51,19 @@ def serve(settings, *, before: Callable[[object], None] | None = None, hints: Se
     for hint in hints:
         print(hint, flush=True)
     return serve_until_drained(app, settings)
+
+
+def preflight(settings) -> None:
+    """Settings that cannot work, refused in one line before the backbone loads (the server checks them again)."""
+    from restuning.backbones import describe_backbone  # torch + timm (server extra)
+    from server.state import check_resident_budget
+    from tuner_store.errors import StoreError
+    from tuner_store.kinds import CLASSIFICATION
+    from tuner_store.urls import open_store
+
+    try:
+        with open_store(settings.store) as store:
+            sizes = [r.size_bytes for r in store.latest().values() if r.kind == CLASSIFICATION.name]
+    except StoreError:  # away now: the server retries; the budget is checked against a default tuner
+        sizes = []
+    check_resident_budget(settings, sizes, describe_backbone(settings.backbone)[0])

@@ -28,20 +28,19 @@ from tuner_store.urls import open_store
 log = logging.getLogger(__name__)
 
 
-def check_resident_budget(settings: ServerSettings, registry: TunerRegistry, backbone: Backbone) -> None:
-    """Refuse a resident budget that cannot hold one tuner: the smallest stored one, or a default
-    `restune train classify` tuner on this backbone when the store is empty."""
+def check_resident_budget(settings: ServerSettings, stored_sizes: list[int], info) -> None:
+    """Refuse a resident budget that cannot hold one tuner: the smallest stored classification tuner, or a default
+    `restune train classify` tuner on this backbone (`info`) when the store holds none."""
     if not settings.resident_mb:
         return
     budget = int(settings.resident_mb * 1024 * 1024)
-    stored = [r.size_bytes for r in registry.records(CLASSIFICATION.name).values()]
-    if stored:
-        smallest, what = min(stored), "the smallest tuner in the store"
+    if stored_sizes:
+        smallest, what = min(stored_sizes), "the smallest tuner in the store"
     else:
-        config = BypassConfig.create(backbone.info, num_classes=10)
-        shapes = expected_state_shapes(config, backbone.embed_dim)
+        config = BypassConfig.create(info, num_classes=10)
+        shapes = expected_state_shapes(config, info.embed_dim)
         smallest = sum(math.prod(shape) for shape in shapes.values()) * 4
-        what = f"a default tuner on {backbone.info.name} (H+V adapters, dim 10, 10 classes)"
+        what = f"a default tuner on {info.name} (H+V adapters, dim 10, 10 classes)"
     if budget < smallest:
         raise ConfigError(f"--resident-mb {settings.resident_mb:g} holds no tuner: {what} takes "
                           f"{smallest / (1024 * 1024):.3f} MiB; raise --resident-mb, or 0 for no limit")
@@ -103,7 +102,8 @@ class ServerState:
         except Exception as exc:  # store away at start: serve nothing yet, not ready; retried below
             log.warning("could not read the tuners at start (%s: %s); will retry", type(exc).__name__, exc)
             self._tasks.append(asyncio.get_running_loop().create_task(self._sync_once(), name="restune-sync"))
-        check_resident_budget(s, self.registry, self.backbone)
+        check_resident_budget(s, [r.size_bytes for r in self.registry.records(CLASSIFICATION.name).values()],
+                              self.backbone.info)
         self.cache = FeatureCache(int(s.feature_cache_mb * 1024 * 1024))
         runner = ClassifyRunner(self.backbone, engine, self.cache, device=device, dtype=dtype,
                                 normalize=self.preprocessor.normalize, metrics=self.metrics)

@@ -299,3 +299,18 @@ def test_pagination_is_stable_while_tuners_are_added(tmp_path, run_app, micro_ba
             assert [t["name"] for t in prefixed["tuners"]] == [f"m1{i}" for i in range(10)]
 
     asyncio.run(main())
+
+
+@pytest.mark.e2e
+def test_restune_serve_refuses_such_a_budget_in_one_line(tmp_path, micro_backbone):
+    import subprocess
+    import sys
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["a"])
+    out = subprocess.run([sys.executable, "-m", "restune", "serve", "--backbone", "restune_vit_micro", "--weights",
+                          "random:0", "--store", url, "--resident-mb", "0.0001", "--port", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "restune: error: --resident-mb 0.0001 holds no tuner: the smallest tuner in the store takes")
