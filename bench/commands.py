@@ -254,6 +254,7 @@ def _tuners_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--store", default=d.store, help="file (a temporary directory) or a scratch redis:// URL "
                                                     "(its database is flushed)")
     b.add_argument("--engine-tuners", type=int, default=d.engine_tuners)
+    b.add_argument("--device", default=d.device, help="the servers' device: cpu (default), cuda, cuda:N")
     b.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -271,7 +272,7 @@ def _tuners(args):
     cfg = TunersConfig(backbone=args.backbone, counts=tuple(args.counts), poolings=tuple(args.pooling),
                        mixes=tuple(mixes), partial_budget=args.partial_budget, concurrency=args.concurrency,
                        window_s=args.window_s, rounds=args.rounds, puts=args.puts, image_size=args.image_size,
-                       store=args.store, engine_tuners=args.engine_tuners, seed=args.seed)
+                       store=args.store, engine_tuners=args.engine_tuners, seed=args.seed, device=args.device)
     return tuners_result(run_tuners_bench(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True)))
 
 

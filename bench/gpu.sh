@@ -10,7 +10,9 @@
 #      mean pooling, 1 and 19 heads: backbone, fused engine, PyTorch engine, per-stage Triton engine,
 #      naive per-head loop, 19 full models — all in one process per dtype, interleaved;
 #   4. `restune bench train-memory` on CUDA, if that command exists;
-#   5. the full native kernel test product (tests/kernels -m cuda), with the time that is left.
+#   5. `restune bench tuners --device cuda` at N = 2,000 (token and mean pooling), if the server's packages
+#      are installed;
+#   6. the full native kernel test product (tests/kernels -m cuda), with the time that is left.
 #
 # Writes into OUT_DIR: summary.json (every step: status, exit code, seconds, and the ratios of the
 # multitask runs), gpu.log (all output), multitask-*.json/.png, train-memory/ if it ran.
@@ -142,7 +144,16 @@ if [ -n "$PY" ] && [ -z "${SUMMARY_ONLY:-}" ]; then
     fi
     rm -f "$OUT/.tm-help"
 
-    # -- 5. the full native kernel product, with the time that is left ------------------------------
+    # -- 5. thousands of tuners on the GPU: N = 2,000 vs 5 (needs the server's packages) ----------------
+    if "$PY" -c "import fastapi, uvicorn, multipart, prometheus_client" >/dev/null 2>&1; then
+        step bench-tuners-2000 150 bash -c "restune bench tuners --device cuda --counts 2000 --pooling token,avg \
+            --mixes 3:zipf --window-s 8 --rounds 2 --puts 5 --out-dir '$OUT'"
+    else
+        log "SKIP bench-tuners-2000: fastapi/uvicorn are not installed in this Python (carry their wheels)"
+        printf '%s\t%s\t%s\t%s\n' bench-tuners-2000 skipped "" 0 >>"$STEPS"
+    fi
+
+    # -- 6. the full native kernel product, with the time that is left ------------------------------
     step tests-kernels-cuda "$(left)" "$PY" -m pytest -q -p no:cacheprovider -m cuda "${XDIST[@]}" \
         tests/kernels/test_bypass_kernels.py tests/kernels/test_routed_kernel.py --durations=15 -rfE
 fi

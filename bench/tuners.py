@@ -79,7 +79,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         self.cmd = [sys.executable, "-m", "restune", "serve", "--backbone", backbone, "--weights", "random:0",
-                    "--store", store_url, "--port", str(self.port), "--device", "cpu", "--feature-cache-mb", "0",
+                    "--store", store_url, "--port", str(self.port), "--device", cfg.device, "--feature-cache-mb", "0",
                     "--resident-mb", f"{resident_mb:g}", "--host-cache-mb", "0",
                     "--max-batch-size", str(cfg.max_batch_size), "--max-queue-size", str(8 * cfg.concurrency),
                     "--log-level", "warning", *cfg.extra_server_args]
@@ -283,18 +283,19 @@ def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, p
 
 def _engine_mix(backbone, head_pool: list, cfg: TunersConfig) -> dict:
     """8 requests naming 3 different tasks each vs 8 naming the same 3 (mean pooling): the heads alone."""
+    backbone = backbone.to(cfg.device)
     engine = MultiTaskEngine(backbone)
     names = [f"e{i:03d}" for i in range(cfg.engine_tuners)]
     for i, name in enumerate(names):
         engine.put(name, head_pool[i % len(head_pool)])
     rng = random.Random(cfg.seed)
     images = torch.randn(8, 3, *backbone.info.image_size, generator=torch.Generator().manual_seed(cfg.seed))
-    feats = backbone.forward_features(images)
+    feats = backbone.forward_features(images.to(cfg.device))
     different = [rng.sample(names, 3) for _ in range(8)]
     same = [different[0]] * 8
     medians = interleaved_medians({"different": lambda: engine.run_routed(feats, different),
                                    "same": lambda: engine.run_routed(feats, same)},
-                                  repeats=cfg.engine_repeats, warmup=2)
+                                  repeats=cfg.engine_repeats, warmup=2, device=cfg.device)
     return {"tuners": cfg.engine_tuners, "batch": 8, "tasks_per_request": 3, "median_ms": medians,
             "different_over_same": round(medians["different"] / medians["same"], 4)}
 
@@ -373,7 +374,7 @@ def run_tuners_bench(cfg: TunersConfig, *, progress=print) -> dict:
                 baseline.stop()
             if pooling == "avg" or len(cfg.poolings) == 1:
                 results["engine_mix"] = _engine_mix(backbone, heads, cfg)
-    payload = machine_info("cpu")
+    payload = machine_info(cfg.device)
     payload.update(benchmark="tuners", config={**asdict(cfg), "weights": "random:0", "feature_cache": "off"},
                    **results)
     return payload
@@ -426,5 +427,5 @@ def tuners_result(payload: dict) -> BenchResult:
         e = payload["engine_mix"]
         lines.append(f"engine, batch 8 x 3 tasks, mean pooling: different / same = {e['different_over_same']}")
     store = "file" if payload["config"]["store"] == "file" else "redis"
-    name = f"tuners-{payload['config']['backbone']}-{store}-{device_slug('cpu')}"
+    name = f"tuners-{payload['config']['backbone']}-{store}-{device_slug(payload['config']['device'])}"
     return BenchResult(name, payload, "\n".join(lines), figures={f"{name}.png": lambda p: _plot(payload, p)})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 @dataclass
 class TunersConfig:
     backbone: str = "vit_tiny_patch16_224"
+    device: str = "cpu"  # the servers' --device (the benchmark's own engine timing runs there too)
     counts: tuple[int, ...] = (5, 100, 1000, 2000)
     poolings: tuple[str, ...] = ("token", "avg")
     mixes: tuple[tuple[int, str], ...] = ((3, "zipf"), (1, "uniform"), (3, "uniform"))  # (k tasks, popularity)
