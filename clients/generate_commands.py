@@ -36,7 +36,8 @@ def register(groups) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--sampler", default=None, help="pndm (= plms, default) or ddim")
     p.add_argument("--diffusion-model", default=os.environ.get("RESTUNE_DIFFUSION_MODEL", "tiny-random"),
-                   help="local run: 'tiny-random' or a diffusers directory (default $RESTUNE_DIFFUSION_MODEL)")
+                   help="local run: 'tiny-trained', 'tiny-random' or a diffusers directory (default "
+                        "$RESTUNE_DIFFUSION_MODEL)")
     p.add_argument("--store", default=None, help="local run: store URL holding the style tuners "
                                                  "(default $RESTUNE_STORE or file://./data/tuners)")
     p.add_argument("--tuner-file", action="append", default=[], metavar="FILE",

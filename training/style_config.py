@@ -23,8 +23,9 @@ class StyleTrainConfig:
     images: str = option(help="folder of the style's images (read recursively)")
     style: str = option(help="style name = artifact name (a-z 0-9 . _ -)")
     prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE,
-                                  help="caption of every image; {style} is replaced by the style name")
-    diffusion_model: str = option("tiny-random", help="'tiny-random' or a local diffusers directory")
+                                  help="caption of every image; {style} is replaced by the style name, {caption} "
+                                       "by the image's own caption (the .txt file of the same name beside it)")
+    diffusion_model: str = option("tiny-random", help="'tiny-trained', 'tiny-random' or a local diffusers directory")
     steps: int | None = option(None, help="optimizer steps (overrides --epochs)")
     epochs: int = option(10, help="epochs over the images (Table 11: 10)")
     batch_size: int = option(8, help="Table 11: 8")
@@ -32,6 +33,7 @@ class StyleTrainConfig:
     lr: float = option(1e-4, help="constant AdamW learning rate (Table 11: 1e-4)")
     # Table 11 names AdamW without a decay; this is AdamW's usual default
     weight_decay: float = option(1e-2, help="AdamW weight decay")
+    flip: bool = option(True, help="random horizontal flips (Table 11); --no-flip when captions say left or right")
     seed: int = option(0, help="seed of the tuner's initialisation, the image order and the noise")
     device: str = option("auto", help="auto, cpu, cuda, cuda:1 …")
     dtype: str = option("float32", help="float32, or bfloat16 (CUDA, autocast) for the frozen parts")
@@ -48,10 +50,11 @@ class StyleTrainConfig:
             if self.style == "base":
                 problems.append("--style 'base' is reserved for the plain U-Net (no tuner); pick another name")
         try:
-            self.prompt_template.format(style="x")
+            self.prompt_template.format(style="x", caption="y")
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(f"--prompt-template {self.prompt_template!r} is not a valid template ({exc!r}); "
-                            "use {style} for the style name and {{ }} for literal braces")
+                            "use {style} for the style name, {caption} for the image's caption and {{ }} for "
+                            "literal braces")
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if not is_positive_int(value):

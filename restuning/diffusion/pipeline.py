@@ -44,6 +44,7 @@ from restuning.diffusion.bypass import (
     bypass_from_state,
 )
 from restuning.diffusion.loading import DiffusionComponents, load_components
+from restuning.diffusion.pixel_space import vae_scale_factor
 from restuning.diffusion.routing import RoutedBypass
 from restuning.diffusion.unet import TappedUNet, tap_names, unet_fingerprint
 from restuning.errors import ConfigError, InputError, choices
@@ -331,7 +332,7 @@ class StylePipeline:
         self.text_encoder = components.text_encoder
         self.tokenizer = components.tokenizer
         self.scheduler_config = dict(components.scheduler_config)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
         self.latent_channels = int(self.unet.config.in_channels)
         # Each of the U-Net's down blocks but the last halves the latent grid.
         self.size_multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)

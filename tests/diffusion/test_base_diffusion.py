@@ -1,0 +1,55 @@
+"""`restune train base-diffusion`: a (very short) run writes a model directory that every model consumer takes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from restune.cli import main
+
+
+def test_train_base_diffusion_writes_a_directory_the_pipeline_loads(tmp_path, capsys):
+    out = tmp_path / "model"
+    code = main(["train", "base-diffusion", "--out", str(out), "--steps", "2", "--batch-size", "4",
+                 "--warmup-steps", "1", "--threads", "1", "--no-progress", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["command"] == (f"restune train base-diffusion --out {out} --steps 2 --batch-size 4 "
+                                 "--warmup-steps 1 --threads 1")
+    assert record["config"]["steps"] == 2 and record["seed"] == 0 and record["images_seen"] == 8
+    assert record["weights_dtype"] == "float16" and record["parameters"]["vae"] == 0
+    assert json.loads((out / "training.json").read_text())["unet_fingerprint"] == record["unet_fingerprint"]
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "tokenizer", "training.json",
+                                                      "unet", "vae"]
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".pkl")]
+
+    from safetensors import safe_open
+
+    with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+
+    from restuning.diffusion.pipeline import StylePipeline
+
+    pipe = StylePipeline.load(str(out))
+    assert pipe.fingerprint == record["unet_fingerprint"]
+    assert pipe.default_size == 32 and pipe.vae_scale_factor == 4 and pipe.tap_channels == [128, 128, 128, 64]
+    result = pipe.generate(["a red circle on the left"], ["base", "s"], {"s": pipe.new_tuner(seed=0)}, steps=2,
+                           seed=0)
+    assert [im.image.size for im in result.images] == [(32, 32), (32, 32)]
+
+
+def test_train_base_diffusion_refuses_bad_settings_and_a_used_directory(tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("something")
+    code = main(["train", "base-diffusion", "--out", str(tmp_path / "used"), "--steps", "0", "--lr", "-1",
+                 "--caption-dropout", "1.5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for needle in ("--steps must be a positive integer", "--lr must be a positive number",
+                   "--caption-dropout must be in [0, 1)"):
+        assert needle in err
+    from training.base_diffusion import train_base_diffusion
+    from training.base_diffusion_config import BaseDiffusionConfig
+
+    with pytest.raises(Exception, match="exists and is not an empty directory"):
+        train_base_diffusion(BaseDiffusionConfig(steps=1, batch_size=2), tmp_path / "used", progress=False)
