@@ -322,7 +322,7 @@ def _styles_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--diffusion-model", default="tiny-trained",
                    help="a model trained by `restune train base-diffusion` (default tiny-trained)")
     b.add_argument("--prompts", type=positive_int, default=96, help="evaluation prompts (scene captions; default 96)")
-    b.add_argument("--steps", type=positive_int, default=25, help="PLMS steps per image (default 25)")
+    b.add_argument("--steps", type=positive_int, default=25, help="sampler steps per image (default 25; the model's default sampler)")
     b.add_argument("--guidance-scale", type=float, default=3.0)
     b.add_argument("--style-steps", type=positive_int, default=300, help="training steps per style (default 300)")
     b.add_argument("--style-images", type=positive_int, default=48, help="images per style set (default 48)")

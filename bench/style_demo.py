@@ -101,8 +101,8 @@ def run_style_demo(*, model: str = "tiny-trained", store: str | None = None, ser
     images = decode_images(response)
     grid = prompt_style_grid(images, prompts, columns,
                              caption=f"{pipeline.name}: one POST /v1/generate, {len(prompts)} prompts x "
-                                     f"{len(columns)} styles, {GRID_STEPS} PLMS steps, guidance {GRID_GUIDANCE:g}, "
-                                     f"seed {seed} (prompt i: seed + i)")
+                                     f"{len(columns)} styles, {GRID_STEPS} {pipeline.sampler_label} steps, guidance "
+                                     f"{GRID_GUIDANCE:g}, seed {seed} (prompt i: seed + i)")
     grid_path = Path(grid_path)
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)

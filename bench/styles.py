@@ -118,8 +118,8 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
         response = generate_via_api(list(DEMO_PROMPTS), grid_columns, store=store_url, model=model, device=device,
                                     steps=steps, guidance_scale=guidance_scale, seed=seed)
     grid = prompt_style_grid(decode_images(response), list(DEMO_PROMPTS), grid_columns,
-                             caption=f"{pipeline.name}: one POST /v1/generate, {steps} PLMS steps, guidance "
-                                     f"{guidance_scale:g}, seed {seed} (prompt i: seed + i); styles trained "
+                             caption=f"{pipeline.name}: one POST /v1/generate, {steps} {pipeline.sampler_label} steps, "
+                                     f"guidance {guidance_scale:g}, seed {seed} (prompt i: seed + i); styles trained "
                                      f"{style_steps} steps on {style_images} images each")
     chance = 1 / len(scene_data.SHAPES)
     info = machine_info(pipeline.device)
@@ -130,7 +130,7 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
         "model": pipeline.name,
         "unet_fingerprint": pipeline.fingerprint,
         "image_size": pipeline.default_size,
-        "sampler": "pndm (PLMS)", "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+        "sampler": pipeline.limits.default_sampler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "eval_prompts": prompts, "eval_scene_seed": EVAL_SEED, "reference_seed": REFERENCE_SEED,
         "reference_images": REFERENCE_IMAGES,
         "classifier": {**classifier.settings,

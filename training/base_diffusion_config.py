@@ -18,12 +18,14 @@ from restuning.options import option
 class BaseDiffusionConfig:
     """`restune train base-diffusion`: every field is also its flag (--field-name)."""
 
-    steps: int = option(2400, help="optimizer steps")
+    steps: int = option(1200, help="optimizer steps")
     batch_size: int = option(64, help="scenes per step (a fresh batch every step)")
     lr: float = option(2e-3, help="peak AdamW learning rate (linear warm-up, then cosine decay to a tenth)")
     warmup_steps: int = option(100, help="linear learning-rate warm-up")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     ema_decay: float = option(0.999, help="decay of the exponential moving average of the weights that is saved")
+    snr_gamma: float = option(5.0, help="each timestep's loss is weighted by min(SNR, gamma) + 1, normalised over "
+                                        "the batch (0: unweighted)")
     caption_dropout: float = option(0.1, help="share of captions replaced by the empty prompt (what "
                                               "classifier-free guidance runs as the unconditional branch)")
     seed: int = option(0, help="seed of the initialisation, the scenes, the noise and the timesteps")
@@ -43,6 +45,8 @@ class BaseDiffusionConfig:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             problems.append(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (isinstance(self.snr_gamma, (int, float)) and math.isfinite(self.snr_gamma) and self.snr_gamma >= 0):
+            problems.append(f"--snr-gamma must be a number >= 0, got {self.snr_gamma!r}")
         if not (isinstance(self.caption_dropout, (int, float)) and 0 <= self.caption_dropout < 1):
             problems.append(f"--caption-dropout must be in [0, 1), got {self.caption_dropout!r}")
         if self.threads is not None and not is_positive_int(self.threads):

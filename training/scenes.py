@@ -34,14 +34,14 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 225), "yellow": (240, 205, 40)}
 BACKGROUNDS = {"black": (18, 18, 18), "white": (238, 238, 238), "gray": (128, 128, 128), "blue": (45, 80, 225)}
 POSITIONS = {  # centre of a single shape, as fractions of the image side
-    "left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72), "middle": (0.5, 0.5),
+    "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "middle": (0.5, 0.5),
 }
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
                     "middle": "in the middle"}
 PAIRS = {"side by side": ((0.27, 0.5), (0.73, 0.5)), "one above the other": ((0.5, 0.27), (0.5, 0.73))}
 # Share of captions without the position / background phrase, so a prompt may leave either out.
-DROP_POSITION = 0.2
-DROP_BACKGROUND = 0.2
+DROP_POSITION = 0.1
+DROP_BACKGROUND = 0.1
 TWO_SHARE = 0.3
 
 
@@ -83,15 +83,15 @@ def draw_scene(rng: np.random.Generator) -> Scene:
     colours = [c for c in COLOURS if c != background]
     colour = colours[int(rng.integers(len(colours)))]
     count = 2 if rng.random() < TWO_SHARE else 1
-    jitter = rng.uniform(-0.05, 0.05, size=(2, 2))
+    jitter = rng.uniform(-0.03, 0.03, size=(2, 2))
     if count == 1:
         position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
         centres = ((POSITIONS[position][0] + jitter[0, 0], POSITIONS[position][1] + jitter[0, 1]),)
-        radius = float(rng.uniform(0.17, 0.23))
+        radius = float(rng.uniform(0.23, 0.27))
     else:
         position = list(PAIRS)[int(rng.integers(len(PAIRS)))]
-        centres = tuple((x + jitter[i, 0] * 0.4, y + jitter[i, 1] * 0.4) for i, (x, y) in enumerate(PAIRS[position]))
-        radius = float(rng.uniform(0.13, 0.17))
+        centres = tuple((x + jitter[i, 0] * 0.5, y + jitter[i, 1] * 0.5) for i, (x, y) in enumerate(PAIRS[position]))
+        radius = float(rng.uniform(0.16, 0.19))
     keep_position = rng.random() >= DROP_POSITION
     keep_background = rng.random() >= DROP_BACKGROUND
     caption = caption_for(shape, colour, background if keep_background else None, count,

@@ -41,7 +41,6 @@ from tuner_store.artifact import TunerArtifact, validate_artifact
 log = logging.getLogger(__name__)
 
 
-
 class ImageFolderError(InputError):
     """The image folder is missing, empty, or holds no readable image."""
 
@@ -150,17 +149,30 @@ def noise_scheduler(config: dict):
     return DDPMScheduler(**{k: v for k, v in config.items() if k in params})
 
 
+def training_target(scheduler, prediction_type: str, latents: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict: the noise (SD v1.5), the velocity (SD 2), or the clean latents
+    (`tiny-trained`)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if prediction_type == "sample":
+        return latents
+    raise ConfigError(f"unknown prediction_type {prediction_type!r} in the model's scheduler config")
+
+
 @torch.no_grad()
 def fixed_noise_loss(pipeline, tuner, images: ImageSet, contexts: torch.Tensor, prompt_index: torch.Tensor, *,
                      seed: int = 1234, batches: int = 2, batch_size: int = 4, autocast=None) -> float:
-    """The training loss (ε- or v-prediction) on fixed images, noise and timesteps (same draws for every tuner).
+    """The training loss (ε-, v- or x0-prediction) on fixed images, noise and timesteps (same draws for every tuner).
 
     `contexts[prompt_index[i]]` is image i's text embedding. With tuner=None it is the base U-Net's loss;
     comparing the two says whether training helped, free of the step-to-step noise of the training loss itself.
     """
     gen = torch.Generator().manual_seed(seed)
     scheduler = noise_scheduler(pipeline.scheduler_config)
-    velocity = pipeline.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
+    prediction_type = pipeline.scheduler_config.get("prediction_type", "epsilon")
     n = images.pixels.shape[0]
     total = 0.0
     for _ in range(batches):
@@ -171,7 +183,7 @@ def fixed_noise_loss(pipeline, tuner, images: ImageSet, contexts: torch.Tensor, 
         noisy = scheduler.add_noise(latents, noise, t)
         with autocast if autocast is not None else contextlib.nullcontext():
             pred = pipeline.predict_noise(noisy.to(pipeline.dtype), t, contexts[prompt_index[idx]], tuner)
-        target = scheduler.get_velocity(latents, noise, t) if velocity else noise
+        target = training_target(scheduler, prediction_type, latents, noise, t)
         total += F.mse_loss(pred.float(), target.float()).item()
     return total / batches
 
@@ -234,7 +246,7 @@ def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = Tru
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        target = training_target(scheduler, prediction_type, latents, noise, timesteps)
         with autocast:
             pred = pipeline.predict_noise(noisy.to(pipeline.dtype), timesteps, contexts[prompt_index[idx]], tuner)
         loss = F.mse_loss(pred.float(), target.float())

@@ -172,7 +172,11 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike) ->
     components.text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
     components.tokenizer.save_pretrained(path / "tokenizer")
     (path / "scheduler").mkdir(parents=True, exist_ok=True)
-    scheduler = {"_class_name": "PNDMScheduler", **components.scheduler_config}
+    # The sampler a diffusers pipeline would build from this directory: PNDM (PLMS) as SD v1.5 ships, or DDIM
+    # for a U-Net that predicts the clean sample (PNDM cannot step on that; see pipeline.SAMPLER_PREDICTIONS).
+    sampler_class = "DDIMScheduler" if components.scheduler_config.get("prediction_type") == "sample" \
+        else "PNDMScheduler"
+    scheduler = {"_class_name": sampler_class, **components.scheduler_config}
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
     return path
 

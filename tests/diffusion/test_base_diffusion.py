@@ -32,7 +32,7 @@ def test_train_base_diffusion_writes_a_directory_the_pipeline_loads(tmp_path, ca
 
     pipe = StylePipeline.load(str(out))
     assert pipe.fingerprint == record["unet_fingerprint"]
-    assert pipe.default_size == 32 and pipe.vae_scale_factor == 4 and pipe.tap_channels == [128, 128, 128, 64]
+    assert pipe.default_size == 32 and pipe.vae_scale_factor == 2 and pipe.tap_channels == [64, 64, 64, 64, 32]
     result = pipe.generate(["a red circle on the left"], ["base", "s"], {"s": pipe.new_tuner(seed=0)}, steps=2,
                            seed=0)
     assert [im.image.size for im in result.images] == [(32, 32), (32, 32)]

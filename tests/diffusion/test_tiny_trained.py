@@ -54,7 +54,7 @@ def test_the_shipped_model_is_what_its_record_says(trained_pipe):
         with safe_open(str(weights), "pt") as f:
             assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}, weights
     assert trained_pipe.name == TINY_TRAINED and trained_pipe.default_size == 32
-    assert trained_pipe.backbone_json()["tap_channels"] == [128, 128, 128, 64]
+    assert trained_pipe.backbone_json()["tap_channels"] == [64, 64, 64, 64, 32]
 
 
 def test_an_untrained_style_is_bit_exact_with_the_base(trained_pipe):
