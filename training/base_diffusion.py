@@ -60,13 +60,17 @@ UNET_CONFIG: dict = {
     "sample_size": IMAGE_SIZE // PIXEL_FACTOR,
     "in_channels": 3 * PIXEL_FACTOR ** 2,
     "out_channels": 3 * PIXEL_FACTOR ** 2,
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "block_out_channels": [32, 64, 64],
     "layers_per_block": 1,
     "norm_num_groups": 16,
     "cross_attention_dim": 64,
     "attention_head_dim": 8,
+    # the caption, attention-pooled, joins the timestep embedding of every ResNet block (DeepFloyd IF's "text"
+    # embedding): colour and shape reach every resolution, not only the cross-attention blocks
+    "addition_embed_type": "text",
+    "addition_embed_type_num_heads": 4,
 }
 TEXT_CONFIG: dict = {
     "hidden_size": 64,
