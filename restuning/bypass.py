@@ -14,6 +14,8 @@ chain has k stages and b_k replaces the input of the backbone's final norm.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -167,11 +169,29 @@ class ResTuningBypass(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def expected_state_shapes(config: BypassConfig, embed_dim: int) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of a bypass with this structure (built on the meta device: no memory)."""
+@functools.lru_cache(maxsize=64)
+def _meta_template(config: BypassConfig, embed_dim: int) -> ResTuningBypass:
+    # Building on the meta device costs tens of milliseconds (every op goes through the device mode), more than a
+    # real build; a server validating thousands of tuners of a few structures builds each structure once.
     with torch.device("meta"):
-        module = ResTuningBypass(config, embed_dim)
-    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
+        return ResTuningBypass(config, embed_dim)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_shapes(config: BypassConfig, embed_dim: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple((name, tuple(t.shape)) for name, t in _meta_template(config, embed_dim).state_dict().items())
+
+
+def expected_state_shapes(config: BypassConfig, embed_dim: int) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a bypass with this structure (built once per structure, on the meta device)."""
+    return dict(_state_shapes(config, embed_dim))
+
+
+def empty_bypass(config: BypassConfig, embed_dim: int) -> ResTuningBypass:
+    """A bypass with this structure whose tensors have no storage (meta), to be given real ones with
+    `load_state_dict(..., assign=True)`: no memory, time or global random numbers go to an initialisation that
+    would be overwritten."""
+    return copy.deepcopy(_meta_template(config, embed_dim))
 
 
 def build_bypass(config: BypassConfig, embed_dim: int, *, seed: int | None = None) -> ResTuningBypass:
