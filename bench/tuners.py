@@ -254,12 +254,15 @@ def _compare(baseline: Server, server: Server, base_reqs: list[bytes], reqs: lis
             "throughput_vs_n5": round(ratio, 4) if ratio is not None else None}
 
 
+PUT_TIMEOUT_S = 30.0
+
+
 def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, pooling: str, name: str,
                     puts: int, image: bytes) -> dict:
     """Seconds from a store put of a new version until a request naming the tuner is answered by it."""
     store = open_store(store_url)
     labels = [f"c{k}" for k in range(10)]
-    samples = []
+    samples, timed_out = [], 0
     body = {"image": base64.b64encode(image).decode(), "tasks": [name], "top_k": 1}
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(puts):
@@ -272,13 +275,14 @@ def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, p
                 r = client.post("/v1/classify", json=body)
                 if r.status_code == 200 and r.json()["results"][name]["tuner"] == record.ref:
                     break
-                if time.perf_counter() - start > 30:
-                    raise RuntimeError("a new version was not served within 30 s")
+                if time.perf_counter() - start > PUT_TIMEOUT_S:  # counted (at the time waited), not fatal
+                    timed_out += 1
+                    break
                 time.sleep(0.005)
             samples.append(time.perf_counter() - start)
     store.close()
     return {"puts": puts, "p50_s": round(statistics.median(samples), 4), "p99_s": round(_pct(samples, 0.99), 4),
-            "max_s": round(max(samples), 4)}
+            "max_s": round(max(samples), 4), f"not_served_within_{PUT_TIMEOUT_S:.0f}_s": timed_out}
 
 
 def _engine_mix(backbone, head_pool: list, cfg: TunersConfig) -> dict:
