@@ -4,12 +4,20 @@ Every change (a put that stored a new version, a delete) gets the next revision 
 A consumer remembers the last revision it applied and asks for everything after it, so a replica
 that reconnects after any pause misses nothing. Backends: `file_store` (a directory shared by the
 processes of one machine) and `redis_store` (shared by replicas).
+
+The change log keeps the last `log_keep` revisions (at least; DEFAULT_LOG_KEEP), so it does not grow with
+the store's age. A store also has an epoch: a random id set when its first change is written. A consumer
+remembers the epoch with its revision; a different epoch means the store was flushed or replaced (its
+revisions started again and may already have passed the consumer's). Either way, a consumer whose revision
+the log no longer reaches, or whose epoch is not the store's, gets StoreResetError and reads everything
+again instead of silently missing changes.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 
@@ -26,6 +34,17 @@ from tuner_store.artifact import (
 )
 from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
 from tuner_store.records import ChangeEvent, TunerRecord
+
+# Revisions the change log keeps (at least): a watcher that falls further behind than this reads the whole
+# catalog again, which is always correct and costs one listing. 10,000 entries are about 2 MB.
+DEFAULT_LOG_KEEP = 10_000
+
+
+ANY_EPOCH = object()  # watch(…, epoch=ANY_EPOCH): the consumer does not know the epoch; it is not checked
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 def content_sha256(config: dict) -> str:
@@ -88,6 +107,7 @@ class TunerStore(ABC):
 
     url: str
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -150,20 +170,35 @@ class TunerStore(ABC):
 
     @abstractmethod
     def changes(self, since_revision: int) -> list[ChangeEvent]:
-        """Every change with revision > since_revision, oldest first."""
+        """Every change with revision > since_revision, oldest first; StoreResetError when the log, trimmed,
+        no longer reaches since_revision."""
 
-    async def watch(self, since_revision: int = 0, *, poll_interval: float = 0.2) -> AsyncIterator[ChangeEvent]:
+    @abstractmethod
+    def epoch(self) -> str | None:
+        """The store's epoch (set with its first change); None while nothing was ever written."""
+
+    async def watch(self, since_revision: int = 0, *, epoch: str | None | object = ANY_EPOCH,
+                    poll_interval: float = 0.2) -> AsyncIterator[ChangeEvent]:
         """Every change with revision > since_revision, in order, forever.
 
-        Store errors (e.g. StoreUnavailableError) propagate; call watch again with the last revision seen.
-        StoreResetError means the store's log no longer reaches `since_revision`: resynchronise from 0.
+        `epoch`: the store's epoch when `since_revision` was read (None: it had none yet; ANY_EPOCH: not
+        checked). Store errors (e.g.
+        StoreUnavailableError) propagate; call watch again with the last revision seen. StoreResetError means
+        the store cannot bring this consumer up to date by changes: its log no longer reaches `since_revision`
+        (trimmed, or the store went back to an earlier revision), or its epoch is not `epoch` (flushed or
+        replaced); resynchronise from 0.
         """
         since = since_revision
         current = await asyncio.to_thread(self.revision)
         if since > current:
             raise self._reset_error(since, current)
+        if epoch is not ANY_EPOCH:
+            await asyncio.to_thread(self.check_epoch, epoch)
         while True:
-            for event in await self._next_changes(since, poll_interval):
+            events = await self._next_changes(since, poll_interval, epoch)
+            for event in events:
+                if event.revision != since + 1:
+                    raise self._gap_error(since, event.revision)
                 yield event
                 since = event.revision
 
@@ -173,8 +208,33 @@ class TunerStore(ABC):
             "the store was reset or replaced; resynchronise from revision 0"
         )
 
-    async def _next_changes(self, since: int, poll_interval: float) -> list[ChangeEvent]:
-        events = await asyncio.to_thread(self.changes, since)
+    def _gap_error(self, since: int, first: int) -> StoreResetError:
+        return StoreResetError(
+            f"tuner store {self.url}: the change log starts after revision {since} (next kept: {first}); the "
+            "changes between were trimmed or lost; resynchronise from revision 0"
+        )
+
+    def _epoch_error(self, expected: str | None, found: str | None) -> StoreResetError:
+        return StoreResetError(
+            f"tuner store {self.url}: its epoch is {found or 'unset'}, not {expected or 'unset'} as before: the "
+            "store was flushed or replaced; resynchronise from revision 0"
+        )
+
+    def check_epoch(self, expected: str | None) -> None:
+        """StoreResetError unless the store's epoch is `expected` (a store that gains its first epoch after a
+        consumer saw none counts as changed: the consumer reads it again once, which is always safe)."""
+        found = self.epoch()
+        if found != expected:
+            raise self._epoch_error(expected, found)
+
+    async def _next_changes(self, since: int, poll_interval: float, epoch) -> list[ChangeEvent]:
+        def poll() -> list[ChangeEvent]:
+            events = self.changes(since)
+            if epoch is not ANY_EPOCH:
+                self.check_epoch(epoch)
+            return events
+
+        events = await asyncio.to_thread(poll)
         if not events:
             await asyncio.sleep(poll_interval)
         return events
