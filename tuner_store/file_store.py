@@ -57,6 +57,7 @@ LOG_NAME = "changes.jsonl"
 LOCK_NAME = ".lock"
 TUNERS_DIR = "tuners"
 LOG_FORMAT = 1
+LOG_HEAD_BYTES = 64  # a log file's first bytes, compared on each read: they tell one log file from another
 _ARTIFACT_FILE = re.compile(r"([1-9][0-9]*)\.safetensors")
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -82,6 +83,7 @@ class FileTunerStore(TunerStore):
         # State replayed from the change log, up to byte `_log_offset` (the end of the last complete line).
         self._log_offset = 0
         self._log_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the log read so far
+        self._log_head = b""  # its first bytes: the header's epoch and log id (see _header)
         self._epoch: str | None = None
         self._state_revision = 0  # the header's revision: lines up to it are history, not applied again
         self._base = 0  # changes after this revision are in `_events`; older ones were compacted away
@@ -113,9 +115,18 @@ class FileTunerStore(TunerStore):
                 return
             with f:
                 st = os.fstat(f.fileno())
-                if self._log_id is not None and ((st.st_dev, st.st_ino) != self._log_id or st.st_size < self._log_offset):
-                    self._reset_state()  # compacted (renamed over) or replaced: read the new log from its start
+                known_epoch = self._epoch
+                if self._log_id is not None and ((st.st_dev, st.st_ino) != self._log_id
+                                                 or st.st_size < self._log_offset
+                                                 or os.pread(f.fileno(), len(self._log_head), 0) != self._log_head):
+                    # compacted (renamed over) or replaced (the store removed and made again): read the new log
+                    # from its start. The inode alone cannot tell: a file system reuses a freed inode's number at
+                    # once, so a log made anew can have the old one's number and be longer; its head (the epoch
+                    # and a per-file id, or its first change) differs.
+                    self._reset_state()
                 self._log_id = (st.st_dev, st.st_ino)
+                if not self._log_offset:
+                    self._log_head = os.pread(f.fileno(), LOG_HEAD_BYTES, 0)
                 f.seek(self._log_offset)
                 tail = f.read(st.st_size - self._log_offset)
             complete = tail[: tail.rfind(b"\n") + 1]  # a line without its newline is still being written
@@ -125,7 +136,10 @@ class FileTunerStore(TunerStore):
                 line_start += len(line)
             self._log_offset += len(complete)
             if self._log_offset == len(complete) and complete:  # read from the start: drop records of the gone
-                self._records = {k: r for k, r in self._records.items() if k[1] in self._live.get(k[0], {})}
+                if known_epoch is not None and self._epoch != known_epoch:
+                    self._records.clear()  # another store: its name@version may hold other content
+                else:
+                    self._records = {k: r for k, r in self._records.items() if k[1] in self._live.get(k[0], {})}
 
     def _apply(self, line: bytes, offset: int) -> None:
         try:
@@ -163,12 +177,15 @@ class FileTunerStore(TunerStore):
                 self._live.pop(name, None)
 
     def _header(self) -> bytes:
+        """The first line of a new log file. It starts with the epoch and an id of its own (in this order, within
+        LOG_HEAD_BYTES), so that a reader tells this file from any other log that had the same inode number."""
         return json.dumps({
-            "format": LOG_FORMAT, "epoch": self._epoch or new_epoch(), "revision": self._revision(),
+            "epoch": self._epoch or new_epoch(), "log": new_epoch(), "format": LOG_FORMAT,
+            "revision": self._revision(), "time": utc_now(),
+            "high_water": dict(sorted(self._high_water.items())),
             "live": {name: {str(v): sha for v, sha in sorted(versions.items())}
                      for name, versions in sorted(self._live.items())},
-            "high_water": dict(sorted(self._high_water.items())), "time": utc_now(),
-        }, sort_keys=True).encode() + b"\n"
+        }).encode() + b"\n"
 
     def _append(self, entry: dict) -> None:
         """Append one log line; called under the write lock right after `_refresh`. On failure (a full disk)
