@@ -114,9 +114,10 @@ def rss_mb() -> float:
 
 class Sampler(threading.Thread):
     def __init__(self, out: str, interval: float, trace_after: float, baseline_at: float, snapshot_every: float,
-                 frames: int, top: int):
+                 frames: int, top: int, walk_after: float = 60.0):
         super().__init__(name="memprobe", daemon=True)
         self.out = out
+        self.walk_after = walk_after
         self.interval = interval
         self.trace_after = trace_after
         self.baseline_at = max(baseline_at, trace_after)
@@ -138,7 +139,9 @@ class Sampler(threading.Thread):
         row = {"t_s": round(t, 2), "rss_mb": rss_mb(), "python_blocks": sys.getallocatedblocks(),
                "traced_since_start_mb": round(current / MIB, 2), "threads": threading.active_count(),
                "os_threads": len(os.listdir("/proc/self/task")), "gc_objects": len(gc.get_objects())}
-        row["torch_mb"] = torch_bytes()
+        # walking the garbage collector's objects while the main thread still imports modules can meet a tuple
+        # being built (CPython then fails the main thread with SystemError): walk only once start-up is over
+        row["torch_mb"] = torch_bytes() if t >= self.walk_after else None
         row.update(mallinfo() or {})
         row.update(smaps())
         if tracemalloc.is_tracing() and t >= self.baseline_at:
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="JSON lines, one sample each")
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--trace-after", type=float, default=60.0, help="seconds in: tracemalloc starts")
+    p.add_argument("--walk-after", type=float, default=60.0,
+                   help="seconds in: live torch tensors start being counted (a walk over every Python object)")
     p.add_argument("--baseline-at", type=float, default=120.0, help="seconds in: the snapshot to diff against")
     p.add_argument("--snapshot-every", type=float, default=120.0, help="seconds between snapshot diffs")
     p.add_argument("--frames", type=int, default=1, help="traceback depth tracemalloc keeps")
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv[:split])
     module, rest = argv[split + 1], argv[split + 2:]
     Sampler(args.out, args.interval, args.trace_after, args.baseline_at, args.snapshot_every, args.frames,
-            args.top).start()
+            args.top, args.walk_after).start()
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
