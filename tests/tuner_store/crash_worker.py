@@ -100,10 +100,13 @@ def main() -> int:
     import json
 
     import tuner_store.file_store  # noqa: F401  (imported once, before the children fork)
-    from tuner_store import decode_artifact  # noqa: F401
+    from tuner_store import decode_artifact
 
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    # decoding validates with torch and the model library, which load lazily: once here, not once per child
+    decode_artifact(Path(next(files[0] for _, _, files in jobs if files)).read_bytes())
     ended = {}
-    for root, point, files in json.loads(Path(sys.argv[1]).read_text()):
+    for root, point, files in jobs:
         pid = os.fork()
         if pid == 0:
             try:

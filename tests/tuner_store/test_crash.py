@@ -3,6 +3,7 @@ listed version lacks its file or is torn, and the next write succeeds and clears
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,16 +28,20 @@ COMMITTED = {"artifact-half-written": False, "artifact-before-rename": False, "a
 
 def test_killed_mid_write_at_each_point(tmp_path, micro_backbone):
     artifact = str(write_artifact(make_artifact(micro_backbone, "a", seed=9), tmp_path / "a9.safetensors"))
+    # two stores to start from, copied for each point (a put validates its artifact, which takes a while)
+    plain = FileTunerStore(tmp_path / "plain", log_keep=3)
+    plain.put(make_artifact(micro_backbone, "a", seed=0))
+    plain.put(make_artifact(micro_backbone, "b", seed=0))
+    shutil.copytree(tmp_path / "plain", tmp_path / "full")
+    full = FileTunerStore(tmp_path / "full", log_keep=3)
+    for seed in (1, 2, 3, 4):  # the next put makes 7 changes: more than twice log_keep, so it compacts
+        full.put(make_artifact(micro_backbone, "b", seed=seed))
     jobs, before = [], {}
     for point in POINTS:
         root = tmp_path / point
-        store = FileTunerStore(root, log_keep=3)
-        store.put(make_artifact(micro_backbone, "a", seed=0))
-        store.put(make_artifact(micro_backbone, "b", seed=0))
-        if point.startswith("compaction"):  # the next put makes 7 changes: more than twice log_keep
-            for seed in (1, 2, 3, 4):
-                store.put(make_artifact(micro_backbone, "b", seed=seed))
-        before[point] = {r.ref for r in store.list()}
+        template = full if point.startswith("compaction") else plain
+        shutil.copytree(template.root, root)
+        before[point] = {r.ref for r in template.list()}
         jobs.append([str(root), point, [artifact]])
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     worker = subprocess.run([sys.executable, "-m", "tests.tuner_store.crash_worker", str(tmp_path / "jobs.json")],
