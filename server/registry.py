@@ -162,6 +162,13 @@ class TunerRegistry:
                 record = self.store.record(name, "latest")
             except NotFoundError:
                 record = None
+            if record is not None and self._records.get(name) == record and self._holds(record):
+                # applied already: this replica's own write, applied at once, comes back from the change log;
+                # decoding it again would double an upload's work
+                self.revision = max(self.revision, revision)
+                if self.metrics is not None:
+                    self.metrics.store_revision.set(self.revision)
+                return
             self._set_record(name, record)
             self.host.discard(name)
             if record is None:
@@ -181,6 +188,14 @@ class TunerRegistry:
         if self.metrics is not None:
             self.metrics.store_revision.set(self.revision)
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
+
+    def _holds(self, record: TunerRecord) -> bool:
+        """This replica has done with this version what applying it does: made it resident, cached it in host
+        memory, or recorded why it cannot serve."""
+        served = self.resident.get(record.name)
+        failure = self.failures.get(record.name)
+        return ((served is not None and served.version == record.version) or self.host.holds(record.name, record.version)
+                or (failure is not None and failure[0] == record.version))
 
     def _forget_gone(self, present: set[str]) -> None:
         """What this replica noted about tuners no longer in the store: their problems, unloads and pins (a pin

@@ -23,6 +23,7 @@ from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
+from server.uploads import upload_executor
 from tuner_store.kinds import CLASSIFICATION
 from tuner_store.urls import open_store
 
@@ -64,6 +65,7 @@ class ServerState:
     synced: bool = False  # the tuners have been read from the store once (readiness waits for it)
     draining: bool = False  # SIGTERM received: readiness says 503 (server/shutdown.py)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    uploads: object = field(default_factory=upload_executor)  # the upload thread (server/uploads.py)
 
     async def start(self) -> None:
         s = self.settings
@@ -160,5 +162,6 @@ class ServerState:
             await self.batcher.stop()
         if self.generator is not None:
             await self.generator.stop()
+        self.uploads.shutdown(wait=False, cancel_futures=True)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()

@@ -20,6 +20,7 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from restuning.checks import is_positive_int
 from tuner_store.artifact import (
@@ -102,6 +103,15 @@ def check_name(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ValidatedArtifact:
+    """An artifact `TunerStore.validate` decoded and checked, ready for `put_validated`."""
+
+    artifact: TunerArtifact
+    weights_sha256: str
+    content_sha256: str
+
+
 class TunerStore(ABC):
     """Stores validated artifacts as immutable versions 1, 2, 3, … per name, and logs every change."""
 
@@ -120,6 +130,14 @@ class TunerStore(ABC):
         ArtifactError). Nothing is written when either refuses. The store assigns versions; the artifact's own
         `version` is ignored.
         """
+        return self.put_validated(self.validate(artifact, backbone_fingerprint=backbone_fingerprint, check=check))
+
+    def validate(self, artifact: TunerArtifact | bytes, *, backbone_fingerprint: str | None = None,
+                 check: Callable[[TunerArtifact], None] | None = None) -> "ValidatedArtifact":
+        """The first half of `put`: decode and check (ArtifactError when refused); nothing is written.
+
+        A server does this without the store's deadline (it is CPU work that takes as long as the artifact is
+        big), then `put_validated` with it; the caller may drop the bytes in between."""
         data = _encode(artifact) if isinstance(artifact, TunerArtifact) else artifact
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ArtifactError(f"put takes a TunerArtifact or bytes, got {type(artifact).__name__}")
@@ -127,7 +145,11 @@ class TunerStore(ABC):
         if check is not None:
             check(decoded)
         sha = config_from_header(parse_header(data))["weights_sha256"]
-        return self._put_validated(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
+        return ValidatedArtifact(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
+
+    def put_validated(self, validated: "ValidatedArtifact") -> TunerRecord:
+        """The second half of `put`: store what `validate` returned as the next version."""
+        return self._put_validated(validated.artifact, validated.weights_sha256, validated.content_sha256)
 
     @abstractmethod
     def _put_validated(self, artifact: TunerArtifact, weights_sha: str, content: str) -> TunerRecord:

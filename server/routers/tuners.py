@@ -159,8 +159,8 @@ def router(state: ServerState) -> APIRouter:
 
     async def applied(name: str) -> None:
         """The change, applied here now; a store that fails meanwhile leaves it to the watcher (the write is done)."""
-        try:
-            await store_call(state.registry.apply_change, name, 0)
+        try:  # on the upload thread too: it decodes the new version into the host cache
+            await store_call(state.registry.apply_change, name, 0, executor=state.uploads)
         except APIError as exc:
             log.warning("%s: stored, not applied here yet (%s); the store watcher will", name, exc.message)
 
@@ -190,9 +190,14 @@ def router(state: ServerState) -> APIRouter:
                 raise APIError(413, f"the artifact is {len(data)} bytes; the limit is {upload_limit}")
         else:
             raise unsupported(kind, "application/octet-stream or multipart/form-data with the field 'file'")
+        # validated on the upload thread (one upload at a time, below serving's CPU priority: server/uploads.py),
+        # without the store's deadline: it waits on the CPU, not on the store
+        validated = await store_call(lambda: state.store.validate(data, check=check_serves(state.runtime)),
+                                     executor=state.uploads, deadline=False)
+        del data  # the decoded artifact is all that is needed now; an upload's memory goes as soon as it can
         before = await store_call(state.store.latest)
-        record = await store_call(lambda: state.store.put(data, check=check_serves(state.runtime)))
-        del data  # the stored artifact is in the store now; an upload's memory goes as soon as it can
+        record = await store_call(state.store.put_validated, validated, executor=state.uploads)
+        del validated
         # this replica reads its own writes at once; the watcher brings the same change to every other one
         await applied(record.name)
         created = not (record.name in before and before[record.name].version == record.version)

@@ -1,5 +1,6 @@
 """Faults a server meets in weeks of uptime, each with real processes: a full disk under the file store, clients that
-send a byte a second, many 64 MiB uploads at once, and a Redis that hangs (SIGSTOP) rather than dies.
+send a byte a second, and many 64 MiB uploads at once. (A Redis that hangs: tests/deploy/test_cluster.py; a process
+killed mid-write: tests/tuner_store/test_crash.py; a watcher restarted mid-apply: tests/server/test_watch_restart.py.)
 
 docs/reliability.md describes what each shows.
 """
@@ -8,10 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import select
-import signal
 import socket
-import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.deploy.procs import PersistentRedis, wait_until
+from tests.deploy.procs import wait_until
 from tests.helpers import LiveServer, make_artifact, png_bytes
 from tuner_store import encode_artifact, open_store
 from tuner_store.file_store import LOG_NAME
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.e2e
 TOKEN = "fault-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
 CLASSIFY = {"image": base64.b64encode(png_bytes(3)).decode(), "tasks": ["alpha"], "top_k": 1}
-BODY_TIMEOUT_S = 6
-STORE_TIMEOUT_S = 2
+BODY_TIMEOUT_S = 10  # the slow-client test lasts this long; a 60 MiB upload arrives well within it
+UPLOADS = 8
+CONCURRENT_UPLOADS = 2  # the file_server's --max-concurrent-uploads
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def file_server(disk, micro_backbone, tmp_path_factory):
     store.put(make_artifact(micro_backbone, "alpha", seed=0))
     store.close()
     server = LiveServer(f"file://{disk / 'store'}", tmp_path_factory.mktemp("logs"), extra=[
-        "--admin-token", TOKEN, "--body-timeout-s", str(BODY_TIMEOUT_S), "--body-idle-s", "3",
-        "--max-concurrent-uploads", "2", "--max-queue-delay-ms", "2"])
+        "--admin-token", TOKEN, "--body-timeout-s", str(BODY_TIMEOUT_S), "--body-idle-s", "5",
+        "--max-concurrent-uploads", str(CONCURRENT_UPLOADS), "--max-queue-delay-ms", "2"])
     server.start()
     wait_until(lambda: httpx.post(f"{server.url}/v1/classify", json=CLASSIFY, timeout=30).status_code == 200, 60,
                what="alpha served")
@@ -198,7 +199,30 @@ def big_blob(micro_backbone):
     return blob
 
 
-def test_many_big_uploads_while_classifying(file_server, big_blob):
+# A separate process sending N uploads at once: python -c UPLOADER URL TOKEN FILE N; prints the answers as JSON.
+UPLOADER = '''
+import json, sys, threading, time
+import httpx
+url, token, path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+blob = open(path, "rb").read()
+answers = []
+def upload():
+    start = time.perf_counter()
+    r = httpx.post(url + "/v1/tuners", content=blob, timeout=120,
+                   headers={"Authorization": "Bearer " + token, "Content-Type": "application/octet-stream"})
+    answers.append([r.status_code, r.headers.get("retry-after"), round(time.perf_counter() - start, 2)])
+threads = [threading.Thread(target=upload) for _ in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(answers))
+'''
+
+def test_many_big_uploads_while_classifying(file_server, big_blob, tmp_path):
+    """8 uploads of a 60 MiB artifact at once while a client classifies. The uploads come from another process at a
+    low CPU priority: in production they come from other machines, and here their client's own work (8 threads
+    pushing 480 MiB through loopback) would otherwise take the test machine's cores from the server."""
     url = file_server.url
     server = psutil.Process(file_server.proc.pid)
     idle, other = classify_latencies(url, 5)
@@ -212,27 +236,27 @@ def test_many_big_uploads_while_classifying(file_server, big_blob):
             peak[0] = max(peak[0], server.memory_info().rss)
             time.sleep(0.01)
 
-    statuses: list[tuple[int, str | None, float]] = []
-
-    def upload() -> None:
-        start = time.perf_counter()
-        r = httpx.post(f"{url}/v1/tuners", content=big_blob, headers=AUTH, timeout=120)
-        statuses.append((r.status_code, r.headers.get("retry-after"), time.perf_counter() - start))
-
+    blob_path = tmp_path / "huge.safetensors"
+    blob_path.write_bytes(big_blob)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    uploaders = [threading.Thread(target=upload) for _ in range(8)]
-    for t in uploaders:
-        t.start()
-    busy, other = classify_latencies(url, 4)
-    for t in uploaders:
-        t.join()
+    uploader = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", UPLOADER, url, TOKEN, str(blob_path),
+                                 str(UPLOADS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    busy, other = classify_latencies(url, 6)
+    out, err = uploader.communicate(timeout=180)
     stop.set()
     sampler.join()
+    assert uploader.returncode == 0, err[-2000:]
+    answers = json.loads(out)
+    size_mib = len(big_blob) / 2**20
     grown_mib = (peak[0] - baseline) / 2**20
-    print(f"idle p99 {p99(idle) * 1000:.1f} ms ({len(idle)}), during uploads p99 {p99(busy) * 1000:.1f} ms "
-          f"({len(busy)}); RSS +{grown_mib:.0f} MiB at peak; uploads {sorted(statuses)}")
+    bound_mib = (2 * CONCURRENT_UPLOADS + 4) * size_mib  # docs/reliability.md: what an upload holds, and when
+    print(f"idle p99 {p99(idle) * 1000:.0f} ms ({len(idle)}), during uploads p99 {p99(busy) * 1000:.0f} ms "
+          f"({len(busy)}); RSS +{grown_mib:.0f} MiB at peak (bound {bound_mib:.0f}); uploads {sorted(answers)}")
     assert other == []
-    assert {s for s, _, _ in statuses} <= {201, 503} and any(s == 201 for s, _, _ in statuses)
-    assert all(retry for s, retry, _ in statuses if s == 503)
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {201, 503} and 201 in statuses, answers
+    assert all(retry for status, retry, _ in answers if status == 503), answers  # told when to come back
+    assert grown_mib <= bound_mib  # streamed into one buffer each, validated one at a time: not buffered N times
+    assert len(busy) >= 10 and p99(busy) <= 2 * p99(idle)
     httpx.delete(f"{url}/v1/tuners/huge", headers=AUTH, timeout=30)
