@@ -210,12 +210,25 @@ def _soak_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--image-size", type=int, default=d.image_size)
     b.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
     b.add_argument("--sample-interval", type=float, default=d.sample_interval, help="RSS sampling period in seconds")
-    b.add_argument("--rss-tolerance-mb", type=float, default=d.rss_tolerance_mb,
-                   help="allowed rise of the RSS peak, second half vs first half of the run (default %(default)s MiB)")
+    b.add_argument("--fresh-names", action="store_true",
+                   help="each churn upload after a delete takes a name never used before (name-keyed state churns too)")
+    b.add_argument("--rss-growth-mb", type=float, default=d.rss_growth_mb,
+                   help="RSS growth allowed over the measured run: the fitted slope times its length "
+                        "(default %(default)s MiB)")
+    b.add_argument("--rss-cap-mb", type=float, default=d.rss_cap_mb,
+                   help="the measured run's peak RSS may exceed its start by at most this (default %(default)s MiB)")
+    b.add_argument("--latency-ratio", type=float, default=d.latency_ratio,
+                   help="classify p99 of the last window over the first, at most (default %(default)s)")
+    b.add_argument("--latency-window", type=float, default=d.latency_window,
+                   help="seconds per latency window, first and last of the measured run (default %(default)s; a "
+                        "third of the run when that is shorter; windows under 60 s are not judged)")
     b.add_argument("--store", default=None,
                    help="a scratch store URL (file:// or redis://) the server uses; default: a fresh local store")
     b.add_argument("--server-arg", dest="server_args", action="append", default=[],
                    help="extra `restune serve` flag, repeatable (e.g. --server-arg=--feature-cache-mb=0)")
+    b.add_argument("--server-wrapper", default=None,
+                   help="run the server as WRAPPER -m restune serve …, e.g. \"python -m bench.memprobe --out F\" or "
+                        "\"python -m memray run -o F\" (profilers; latency is then not representative)")
     b.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -227,9 +240,11 @@ def _soak(args):
         raise ConfigError("soak needs at least one stable tuner, one churn tuner and one image")
     cfg = SoakConfig(
         backbone=args.backbone, weights=args.weights, duration=args.duration, warmup=args.warmup, rate=args.rate,
-        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, images=args.images,
-        image_size=args.image_size, max_in_flight=args.max_in_flight, sample_interval=args.sample_interval,
-        rss_tolerance_mb=args.rss_tolerance_mb, store=args.store, server_args=list(args.server_args), seed=args.seed,
+        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, fresh_names=args.fresh_names,
+        images=args.images, image_size=args.image_size, max_in_flight=args.max_in_flight,
+        sample_interval=args.sample_interval, rss_growth_mb=args.rss_growth_mb, rss_cap_mb=args.rss_cap_mb,
+        latency_ratio=args.latency_ratio, latency_window=args.latency_window, store=args.store,
+        server_args=list(args.server_args), server_wrapper=args.server_wrapper, seed=args.seed,
     )
     return soak_result(run_soak(cfg), cfg)
 

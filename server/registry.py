@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from server.kinds import SERVED_KINDS, ServingRuntime
 from server.residency import HostCache, LoadedTuner, ResidencyError, ResidentSet
 from tuner_store.artifact import TunerArtifact, backbone_mismatch, decode_artifact
-from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
+from tuner_store.errors import ArtifactError, NotFoundError, StoreError, StoreResetError
 from tuner_store.kinds import build_tuner
 from tuner_store.records import TunerRecord
 
@@ -59,6 +59,13 @@ def artifact_bytes(artifact: TunerArtifact) -> int:
     return sum(t.numel() * t.element_size() for t in artifact.tensors.values())
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A store that could not be read now (unreachable, full, reset) or a version deleted meanwhile: nothing is
+    wrong with the tuner, so it is not recorded as its problem (that would keep it from serving until its next
+    version); the watcher retries the change, and the next request loads it."""
+    return isinstance(exc, StoreError) and not isinstance(exc, ArtifactError)
+
+
 class Lease:
     """What a request holds while it runs: its tuners stay resident until `release`."""
 
@@ -82,9 +89,11 @@ class TunerRegistry:
         self.runtime = runtime
         self.metrics = metrics
         self.resident = ResidentSet(resident_bytes)
+        self.configured_pins = frozenset(pinned)  # --pin: names pinned whether or not they exist yet
         self.resident.pinned.update(pinned)
         self.host = HostCache(host_cache_bytes)
         self.revision = 0
+        self.epoch: str | None = None  # the store's epoch when the catalog was read (see tuner_store.store)
         self._records: dict[str, TunerRecord] = {}
         self._by_kind: dict[str, dict[str, TunerRecord]] = {kind: {} for kind in SERVED_KINDS}
         self.failures: dict[str, tuple[int, str]] = {}  # name -> (version, why it cannot serve here)
@@ -121,6 +130,7 @@ class TunerRegistry:
     def sync(self) -> None:
         """The whole catalog from the store (at start, and when the store lost its history)."""
         with self._apply_lock:
+            epoch = self.store.epoch()  # first: a flush after this shows as another epoch at the next watch
             revision = self.store.revision()
             latest = self.store.latest()
             with self._lock:
@@ -128,8 +138,17 @@ class TunerRegistry:
                 self._by_kind = {kind: {} for kind in SERVED_KINDS}
                 for name, record in latest.items():
                     self._by_kind.setdefault(record.kind, {})[name] = record
-            for stale in [t.name for t in self.resident.items() if t.name not in latest]:
-                self._evict(stale)
+            for tuner in self.resident.items():
+                record = latest.get(tuner.name)
+                if record is None:
+                    self._evict(tuner.name)
+                elif record.version != tuner.version:  # changed while this replica could not follow the log
+                    try:
+                        self._load(record)
+                    except Exception:  # recorded (or transient); the next request tries again
+                        pass
+            self._forget_gone(set(latest))
+            self.epoch = epoch
             self.revision = max(self.revision, revision)
         self._report_catalog()
         log.info("catalog: %s tuners (store revision %d)",
@@ -143,19 +162,26 @@ class TunerRegistry:
                 record = self.store.record(name, "latest")
             except NotFoundError:
                 record = None
+            if record is not None and self._records.get(name) == record and self._holds(record):
+                # applied already: this replica's own write, applied at once, comes back from the change log;
+                # decoding it again would double an upload's work
+                self.revision = max(self.revision, revision)
+                if self.metrics is not None:
+                    self.metrics.store_revision.set(self.revision)
+                return
             self._set_record(name, record)
             self.host.discard(name)
             if record is None:
                 self._evict(name)
-                self.failures.pop(name, None)
-                self.unloaded.discard(name)
+                self._forget(name)
             else:
                 served = self.resident.get(name)
                 if served is not None and served.version != record.version:
                     try:
                         self._load(record)  # the new version into a fresh slot, swapped in
-                    except Exception:  # recorded as the tuner's problem; the old version keeps serving
-                        pass
+                    except Exception as exc:  # recorded as the tuner's problem; the old version keeps serving
+                        if is_transient(exc):
+                            raise  # the store, not the tuner: the watcher applies this change again
                 elif served is None and name not in self.unloaded:
                     self._prefetch(record)
             self.revision = max(self.revision, revision)
@@ -163,15 +189,40 @@ class TunerRegistry:
             self.metrics.store_revision.set(self.revision)
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
 
+    def _holds(self, record: TunerRecord) -> bool:
+        """This replica has done with this version what applying it does: made it resident, cached it in host
+        memory, or recorded why it cannot serve."""
+        served = self.resident.get(record.name)
+        failure = self.failures.get(record.name)
+        return ((served is not None and served.version == record.version) or self.host.holds(record.name, record.version)
+                or (failure is not None and failure[0] == record.version))
+
+    def _forget_gone(self, present: set[str]) -> None:
+        """What this replica noted about tuners no longer in the store: their problems, unloads and pins (a pin
+        given with --pin stays: it names a tuner that may come). Nothing is kept per deleted name, so tuners
+        created and deleted for months leave no trace."""
+        with self._lock:
+            for name in [n for n in self.failures if n not in present]:
+                del self.failures[name]
+            self.unloaded.intersection_update(present)
+            self.resident.pinned.intersection_update(present | self.configured_pins)
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self.failures.pop(name, None)
+            self.unloaded.discard(name)
+            if name not in self.configured_pins:
+                self.resident.pinned.discard(name)
+
     async def watch_forever(self, *, retry_seconds: float = 1.0) -> None:
         """Apply every store change in order; reconnect from the last revision after an outage."""
         while True:
             try:
-                async for event in self.store.watch(self.revision):
+                async for event in self.store.watch(self.revision, epoch=self.epoch):
                     await asyncio.to_thread(self.apply_change, event.name, event.revision)
             except asyncio.CancelledError:
                 raise
-            except StoreResetError as exc:  # the store lost history (e.g. a Redis without persistence restarted)
+            except StoreResetError as exc:  # the store lost history (restarted empty, flushed, log trimmed past us)
                 log.warning("store reset (%s); reading the whole catalog again", exc)
                 try:
                     self.revision = 0
@@ -219,7 +270,8 @@ class TunerRegistry:
         try:
             artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
         except Exception as exc:
-            self._failed(record, exc)
+            if not is_transient(exc):
+                self._failed(record, exc)
             return
         self.failures.pop(record.name, None)
         self.host.put(record.name, record.version, artifact, artifact_bytes(artifact))
@@ -227,7 +279,10 @@ class TunerRegistry:
 
     def _failed(self, record: TunerRecord, exc: Exception) -> None:
         reason = f"{record.ref} ({record.kind}) cannot serve here: {type(exc).__name__}: {exc}"
-        self.failures[record.name] = (record.version, reason)
+        with self._lock:
+            if record.name not in self._records:  # deleted meanwhile: nothing to note
+                return
+            self.failures[record.name] = (record.version, reason)
         log.warning("tuner %s not loaded, keeping what was serving: %s", record.ref, exc)
         if self.metrics is not None:
             self.metrics.hotload_failures.inc()
@@ -241,7 +296,8 @@ class TunerRegistry:
             artifact = self._fetch(record)
             module = build_tuner(artifact)
         except Exception as exc:
-            self._failed(record, exc)
+            if not is_transient(exc):
+                self._failed(record, exc)
             raise
         room = artifact_bytes(artifact)
         for gone in self.resident.room_for(room, keep=record.name, deadline=deadline):

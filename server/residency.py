@@ -156,6 +156,11 @@ class HostCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def holds(self, name: str, version: int) -> bool:
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry is not None and entry[0] == version
+
     def take(self, name: str, version: int):
         """The cached artifact of exactly this version, removed from the cache (it is about to be resident)."""
         with self._lock:

@@ -45,14 +45,19 @@ class ClassifyRunner:
         self.metrics = metrics
 
     def _features(self, requests: Sequence[ClassifyRequest]) -> tuple[list[torch.Tensor], float, int]:
-        """[x_0 … x_L] for the batch, each [B, N, D]; backbone ms; number of images that ran the backbone."""
-        cached = [self.cache.get(r.cache_key) if self.cache.max_bytes else None for r in requests]
-        if self.metrics is not None and self.cache.max_bytes:
-            hits = sum(c is not None for c in cached)
-            self.metrics.cache_hits.inc(hits)
-            self.metrics.cache_misses.inc(len(cached) - hits)
+        """[x_0 … x_L] for the batch, each [B, N, D]; backbone ms; number of images that ran the backbone.
+
+        Cached features are views into the cache's slab: they are copied into the batch before anything is put.
+        """
+        use_cache = bool(self.cache.max_bytes)
+        cached = [self.cache.get(r.cache_key) if use_cache else None for r in requests]
+        hits = [i for i, c in enumerate(cached) if c is not None]
         missing = [i for i, c in enumerate(cached) if c is None]
+        if self.metrics is not None and use_cache:
+            self.metrics.cache_hits.inc(len(hits))
+            self.metrics.cache_misses.inc(len(missing))
         backbone_ms = 0.0
+        feats: list[torch.Tensor] = []
         if missing:
             # uint8 travels to the device (4x fewer bytes than float) and is normalised there, batched
             images = self.normalize(torch.stack([requests[i].pixels for i in missing]).to(self.device))
@@ -65,18 +70,21 @@ class ClassifyRunner:
             if self.metrics is not None:
                 self.metrics.backbone_seconds.observe(backbone_ms / 1000)
                 self.metrics.batch_size.observe(len(missing))
-            if len(missing) == len(requests):
-                if self.cache.max_bytes:
-                    for j, i in enumerate(missing):
-                        self.cache.put(requests[i].cache_key, [f[j].clone() for f in feats])
-                return feats, backbone_ms, len(missing)
+        if not hits:
+            out = feats
+        else:
+            first = cached[hits[0]]
+            out = [torch.empty((len(requests), *t.shape), dtype=t.dtype, device=t.device) for t in first]
+            for layer, batch in enumerate(out):
+                batch[hits] = torch.stack([cached[i][layer] for i in hits])
+                if missing:
+                    batch[missing] = feats[layer]
+        if use_cache:  # after every cached view was copied: a put may reuse the slot a view points into
             for j, i in enumerate(missing):
-                cached[i] = [f[j].clone() for f in feats]
-                self.cache.put(requests[i].cache_key, cached[i])
-        if self.metrics is not None:
-            self.metrics.cache_bytes.set(self.cache.size_bytes)
-        layers = len(cached[0])
-        return [torch.stack([c[l] for c in cached]) for l in range(layers)], backbone_ms, len(missing)
+                self.cache.put(requests[i].cache_key, [f[j] for f in feats])
+            if self.metrics is not None:
+                self.metrics.cache_bytes.set(self.cache.size_bytes)
+        return out, backbone_ms, len(missing)
 
     def run(self, jobs: Sequence[Job]) -> list[object]:
         started = time.perf_counter()
