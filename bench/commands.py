@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench import accuracy_config as acc
 from bench.results import BenchResult, emit
 from bench.soak_config import SoakConfig
 from bench.tuners_config import TunersConfig
@@ -77,36 +78,55 @@ def _multitask(args):
 def _accuracy_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--backbone", default="vit_tiny_patch16_224")
     a.add_argument("--weights", default="random:0")
-    a.add_argument("--pooling", default="avg", choices=("token", "avg"))
-    a.add_argument("--epochs", type=positive_int, default=20)
-    a.add_argument("--batch-size", type=positive_int, default=32)
+    a.add_argument("--pooling", default=None, choices=("token", "avg"), help="default: the backbone's own")
+    a.add_argument("--epochs", type=positive_int, default=None, help="default: train classify's")
+    a.add_argument("--batch-size", type=positive_int, default=None, help="default: train classify's")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--methods", type=comma_list, default=["linear", "bypass", "full"])
-    a.add_argument("--lr-linear", type=positive_list(float), default=None,
-                   help="candidates (default 0.2,0.1,0.05,0.01)")
-    a.add_argument("--lr-bypass", type=positive_list(float), default=None,
-                   help="candidates (default 0.05,0.01,0.005)")
-    a.add_argument("--lr-full", type=positive_list(float), default=None,
-                   help="candidates (default 3e-4,1e-4)")
-    a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
-    a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
+    a.add_argument("--recipes", type=comma_list, default=list(acc.RECIPES),
+                   help="train classify runs compared: " + "; ".join(f"{r}: {acc.recipe_flags(r)}" for r in acc.RECIPES)
+                        + " ('none' skips them)")
+    a.add_argument("--repeats", type=positive_int, default=1, help="rounds of the recipes, taking turns (1)")
+    a.add_argument("--feature-cache", action="store_true",
+                   help="the recipes train with --feature-cache (the file is then digits-accuracy-cache-DEVICE.json)")
+    a.add_argument("--methods", type=comma_list, default=list(acc.METHODS),
+                   help="methods of the lr x weight-decay sweep ('none' skips it)")
+    for method in acc.METHODS:
+        a.add_argument(f"--lr-{method}", type=positive_list(float), default=None,
+                       help=f"sweep candidates ({acc.candidates_text(acc.SWEEP_LRS[method])})")
+        a.add_argument(f"--wd-{method}", type=_weight_decays, default=None,
+                       help=f"sweep candidates ({acc.candidates_text(acc.SWEEP_WDS[method])})")
+    a.add_argument("--cache-dir", default=None, help="the sweep's feature cache directory (default: a temporary one)")
     a.add_argument("--device", default="auto")
     a.add_argument("--no-progress", action="store_true")
 
 
+def _weight_decays(text: str) -> list[float]:
+    values = [float(v) for v in comma_list(text)] if text.strip() else []
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated weight decays in [0, 1), got {text!r}")
+    return values
+
+
 def _accuracy(args):
-    from bench.accuracy import METHODS, format_accuracy, run_digits_accuracy  # torch: see the module docstring
+    from bench.accuracy import format_accuracy, run_digits_accuracy  # torch: see the module docstring
     from bench.common import device_slug
     from training.distributed import resolve_device
 
-    _known(args.methods, METHODS)
-    lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
+    recipes = [] if args.recipes == ["none"] else args.recipes
+    methods = [] if args.methods == ["none"] else args.methods
+    _known(recipes, acc.RECIPES, "recipes", allow_empty=True)
+    _known(methods, acc.METHODS, allow_empty=True)
+    if not recipes and not methods:
+        raise ConfigError("--recipes none and --methods none leave nothing to measure")
+    lrs = {m: getattr(args, f"lr_{m}") for m in acc.METHODS if getattr(args, f"lr_{m}")}
+    wds = {m: getattr(args, f"wd_{m}") for m in acc.METHODS if getattr(args, f"wd_{m}")}
     device = resolve_device(args.device)
     payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
-                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                                  methods=args.methods, lrs=lrs, augment=args.augment, device=device,
-                                  cache_dir=args.cache_dir, progress=_progress(args))
-    return BenchResult(f"digits-accuracy-{device_slug(device)}", payload, format_accuracy(payload))
+                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, recipes=recipes,
+                                  repeats=args.repeats, feature_cache=args.feature_cache, methods=methods, lrs=lrs,
+                                  wds=wds, device=device, cache_dir=args.cache_dir, progress=_progress(args))
+    cache = "-cache" if args.feature_cache and recipes else ""  # the recipes' times differ with the cache
+    return BenchResult(f"digits-accuracy{cache}-{device_slug(device)}", payload, format_accuracy(payload))
 
 
 # -- train-memory -------------------------------------------------------------------------------------------
@@ -329,10 +349,10 @@ def _generate(args):
 
 # -- wiring ---------------------------------------------------------------------------------------------------
 
-def _known(values: list[str], known) -> None:
+def _known(values: list[str], known, what: str = "methods", *, allow_empty: bool = False) -> None:
     bad = [v for v in values if v not in known]
-    if bad or not values:
-        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(known)}")
+    if bad or not (values or allow_empty):
+        raise ConfigError(f"unknown {what} {bad}; choose from {', '.join(known)}")
 
 
 def _progress(args) -> bool:
@@ -341,7 +361,8 @@ def _progress(args) -> bool:
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("multitask", "engine vs one backbone forward vs naive heads vs T models", _multitask_args, _multitask),
-    Benchmark("accuracy", "digits: bypass vs linear probing vs full fine-tuning (test split)", _accuracy_args,
+    Benchmark("accuracy", "digits: train classify's defaults vs --no-augment vs the previous recipe (accuracy, "
+              "time); an lr x weight-decay sweep of linear probing, bypass, full fine-tuning", _accuracy_args,
               _accuracy),
     Benchmark("train-memory", "peak memory + step time: full FT, Res-Tuning, bypass, cached", _train_memory_args,
               _train_memory),
