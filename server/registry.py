@@ -104,6 +104,10 @@ class TunerRegistry:
         self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
         self.last_error: str | None = None
         self.closed = threading.Event()  # the server is stopping: background loading ends
+        # every series exists from the start (at 0), so a scrape before the first sync sees the same set as after
+        self._report_catalog()
+        self._report_residency()
+        self.report_requests()
 
     # -- the catalog ------------------------------------------------------------------------------------
 

