@@ -78,7 +78,8 @@ def _multitask(args):
 def _accuracy_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--backbone", default="vit_tiny_patch16_224")
     a.add_argument("--weights", default="random:0")
-    a.add_argument("--pooling", default=None, choices=("token", "avg"), help="default: the backbone's own")
+    a.add_argument("--pooling", default=None, choices=("token", "avg"),
+                   help="default: the backbone's own (a given one names the file: digits-accuracy-avg-DEVICE.json)")
     a.add_argument("--epochs", type=positive_int, default=None, help="default: train classify's")
     a.add_argument("--batch-size", type=positive_int, default=None, help="default: train classify's")
     a.add_argument("--seed", type=int, default=0)
@@ -125,8 +126,9 @@ def _accuracy(args):
                                   epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, recipes=recipes,
                                   repeats=args.repeats, feature_cache=args.feature_cache, methods=methods, lrs=lrs,
                                   wds=wds, device=device, cache_dir=args.cache_dir, progress=_progress(args))
-    cache = "-cache" if args.feature_cache and recipes else ""  # the recipes' times differ with the cache
-    return BenchResult(f"digits-accuracy{cache}-{device_slug(device)}", payload, format_accuracy(payload))
+    # settings that change the numbers name the file: a pooling rule, the recipes' cache (their times differ)
+    parts = ["digits-accuracy", args.pooling, "cache" if args.feature_cache and recipes else None, device_slug(device)]
+    return BenchResult("-".join(p for p in parts if p), payload, format_accuracy(payload))
 
 
 # -- train-memory -------------------------------------------------------------------------------------------
