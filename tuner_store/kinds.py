@@ -114,11 +114,11 @@ def _build_classification(artifact):
         config, info = _bypass_config(artifact.tuner, artifact.backbone)
     except ConfigError as exc:
         raise ArtifactError(exc.problems, name=artifact.name) from None
-    # no storage until the artifact's tensors are assigned (a server loads tuners beside other threads' work)
-    module = empty_bypass(config, info.embed_dim)
     problems = shape_problems(expected_state_shapes(config, info.embed_dim), artifact.tensors)
     if problems:
         raise ArtifactError(problems, name=artifact.name)
+    # no storage until the artifact's tensors are assigned (a server loads tuners beside other threads' work)
+    module = empty_bypass(config, info.embed_dim)
     # float32 whatever the artifact stores (half-precision artifacts are allowed), as a fresh module would be
     module.load_state_dict({k: v.to(torch.float32) for k, v in artifact.tensors.items()}, strict=True, assign=True)
     return module.eval()
