@@ -107,11 +107,14 @@ class ClassifyRunner:
         start = time.perf_counter()
         try:
             routed = self.engine.run_routed(feats, [r.tasks for r in batch], tags=True)
-        except InputError:  # deleted between the check above and the run: answer per request
+        except InputError:  # deleted during the backbone pass (after the check above): answer per request
             routed = []
             for j, r in enumerate(batch):
+                if not r.named:  # the default set leaves out what is gone, now as before the pass
+                    r.tasks = [t for t in r.tasks if t in self.engine]
                 try:
-                    routed.append(self.engine.run_routed([f[j:j + 1] for f in feats], [r.tasks], tags=True)[0])
+                    routed.append(self.engine.run_routed([f[j:j + 1] for f in feats], [r.tasks], tags=True)[0]
+                                  if r.tasks else None)
                 except InputError:
                     routed.append(None)
         answers = []
