@@ -362,6 +362,17 @@ class TunerRegistry:
                 self._waiting.discard(name)
             self.report_requests()
 
+    def lease_if_resident(self, names: list[str]) -> Lease | None:
+        """Hold `names` for one request if every one is resident now (a hit), else hold nothing and return None."""
+        names = list(dict.fromkeys(names))
+        if not self.resident.lease_all(names):
+            return None
+        if self.metrics is not None:
+            self.metrics.tuner_hits.inc(len(names))
+        lease = Lease(self, names)
+        self.report_requests()
+        return lease
+
     async def acquire(self, names: list[str], *, timeout: float) -> Lease:
         """Hold `names` resident for one request, loading the missing ones; ResidencyError when that takes
         longer than `timeout` seconds (the loads go on: the next request finds them resident)."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,21 @@ class ClassifyRequest:
     top_k: int
     probabilities: bool = False  # also return every class's probability (the Open Inference Protocol asks)
     named: bool = True  # False: the server's default set; a tuner deleted meanwhile is left out, not an error
+    # set while some of `tasks` are being made resident: the batch's backbone pass runs meanwhile and the heads
+    # wait for it (done: None, or the error to answer with); None: every task was resident when it was queued
+    residency: Future | None = None
+    resident_wait_ms: float = 0.0  # how long the model thread waited for it after the backbone pass
+
+
+class Deferred:
+    """A request whose tuners were still loading when its batch's heads were due: the HTTP layer queues it again
+    once they are resident (its features are in the feature cache by then, when there is one)."""
+
+
+DEFERRED = Deferred()
+# How long the model thread waits, after the backbone pass, for a request's tuners still loading before it
+# defers that request rather than hold up the whole batch (a load from the host cache takes a few ms).
+RESIDENCY_GRACE_S = 0.025
 
 
 class ClassifyRunner:
@@ -86,12 +103,41 @@ class ClassifyRunner:
                 self.metrics.cache_bytes.set(self.cache.size_bytes)
         return out, backbone_ms, len(missing)
 
+    def _await_residency(self, batch: list[ClassifyRequest], waiting: list[int], results: list[object],
+                         valid: list[int]) -> list[int]:
+        """Wait (briefly) for the requests whose tuners were loading during the backbone pass; settle those that
+        failed or are still loading in `results`. Returns the positions in `batch` that go on to the heads."""
+        grace_ends = time.perf_counter() + RESIDENCY_GRACE_S
+        dropped = set()
+        for j in waiting:
+            r = batch[j]
+            began = time.perf_counter()
+            try:
+                error = r.residency.result(timeout=max(0.0, grace_ends - began))
+            except FutureTimeout:
+                error = DEFERRED
+            r.resident_wait_ms += (time.perf_counter() - began) * 1000
+            if error is None:
+                unknown = [t for t in r.tasks if t not in self.engine]
+                if unknown and not r.named:
+                    r.tasks = [t for t in r.tasks if t in self.engine]
+                    unknown = [] if r.tasks else unknown
+                if unknown:
+                    error = UnknownTasksError(unknown, sorted(self.engine.names))
+            if error is not None:
+                results[valid[j]] = error
+                dropped.add(j)
+        return [j for j in range(len(batch)) if j not in dropped]
+
     def run(self, jobs: Sequence[Job]) -> list[object]:
         started = time.perf_counter()
         requests: list[ClassifyRequest] = [job.payload for job in jobs]
         results: list[object] = [None] * len(jobs)
         valid: list[int] = []
         for i, r in enumerate(requests):
+            if r.residency is not None:  # checked once resident, after the backbone pass
+                valid.append(i)
+                continue
             unknown = [t for t in r.tasks if t not in self.engine]
             if unknown and not r.named:  # the default set: what is gone since is simply not asked
                 r.tasks = [t for t in r.tasks if t in self.engine]
@@ -104,6 +150,16 @@ class ClassifyRunner:
             return results
         batch = [requests[i] for i in valid]
         feats, backbone_ms, computed = self._features(batch)
+        waiting = [j for j, r in enumerate(batch) if r.residency is not None]
+        if waiting:
+            keep = self._await_residency(batch, waiting, results, valid)
+            if len(keep) < len(batch):
+                if not keep:
+                    return results
+                rows = torch.tensor(keep, device=feats[0].device)
+                feats = [f.index_select(0, rows) for f in feats]
+                valid = [valid[j] for j in keep]
+                batch = [batch[j] for j in keep]
         start = time.perf_counter()
         try:
             routed = self.engine.run_routed(feats, [r.tasks for r in batch], tags=True)
@@ -147,6 +203,7 @@ class ClassifyRunner:
                     "heads": round(heads_ms, 3),
                     "batch_size": len(batch),
                     "backbone_images": computed,
+                    "tuner_wait": round(batch[j].resident_wait_ms, 3),
                 },
             }
         return results

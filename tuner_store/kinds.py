@@ -108,7 +108,7 @@ def _classification_shapes(tuner: dict, backbone: dict, labels: list) -> tuple[d
 def _build_classification(artifact):
     import torch  # see the module docstring
 
-    from restuning.bypass import empty_bypass, expected_state_shapes  # torch: see the module docstring
+    from restuning.bypass import assign_state, empty_bypass, expected_state_shapes  # torch: see the module docstring
 
     try:
         config, info = _bypass_config(artifact.tuner, artifact.backbone)
@@ -120,7 +120,7 @@ def _build_classification(artifact):
     # no storage until the artifact's tensors are assigned (a server loads tuners beside other threads' work)
     module = empty_bypass(config, info.embed_dim)
     # float32 whatever the artifact stores (half-precision artifacts are allowed), as a fresh module would be
-    module.load_state_dict({k: v.to(torch.float32) for k, v in artifact.tensors.items()}, strict=True, assign=True)
+    assign_state(module, {k: v.to(torch.float32) for k, v in artifact.tensors.items()})
     return module.eval()
 
 

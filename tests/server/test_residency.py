@@ -209,6 +209,96 @@ def test_a_miss_past_its_deadline_is_503_with_retry_after(tmp_path, run_app, mic
     asyncio.run(main())
 
 
+def _cold(app, names):
+    registry = app.state.registry
+    for tuner in registry.resident.items():
+        registry._evict(tuner.name)
+    assert not any(n in registry.resident for n in names)
+    return registry
+
+
+def _watch_backbone(app):
+    """Events set when a backbone pass starts and when it ends."""
+    backbone = app.state.backbone
+    forward = backbone.forward_features
+    started, ended = threading.Event(), threading.Event()
+
+    def watched(images):
+        started.set()
+        try:
+            return forward(images)
+        finally:
+            ended.set()
+
+    backbone.forward_features = watched
+    return started, ended
+
+
+def test_a_miss_loads_while_its_image_runs_through_the_backbone(tmp_path, run_app, micro_backbone):
+    """The load of a tuner that is not resident waits here until the request's backbone pass has started: were
+    the load done before the image were queued (as it was), the pass would never start and this would time out."""
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+
+    async def main():
+        async with run_app(server_settings(url, feature_cache_mb=0)) as app:
+            await app.wait_for(lambda: len(app.state.registry.resident) == 2)
+            registry = _cold(app, ["alpha", "beta"])
+            started, _ = _watch_backbone(app)
+            real, overlapped = registry._load, []
+
+            def after_the_pass_began(record, deadline=None):
+                overlapped.append(started.wait(timeout=10))
+                return real(record, deadline)
+
+            registry._load = after_the_pass_began
+            r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(1)), "tasks": ["beta", "alpha"]})
+            assert r.status_code == 200, r.text
+            assert list(r.json()["results"]) == ["beta", "alpha"] and overlapped == [True, True]
+            timings = r.json()["timings_ms"]
+            assert timings["tuner_load_total"] > 0 and timings["tuner_load"] >= 0
+            registry._load = real
+            hit = await app.client.post("/v1/classify", json={"image": b64(png_bytes(1)), "tasks": ["alpha"]})
+            assert hit.json()["results"]["alpha"] == r.json()["results"]["alpha"]  # the same head, resident now
+            assert "tuner_load_total" not in hit.json()["timings_ms"] and hit.json()["timings_ms"]["tuner_load"] == 0
+
+    asyncio.run(main())
+
+
+def test_a_load_slower_than_the_backbone_pass_defers_the_request_not_the_batch(tmp_path, run_app, micro_backbone):
+    """A load still running when its batch's heads are due: the other requests are answered from that batch, the
+    slow one is queued again once its tuner is resident and takes its features from the feature cache."""
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+
+    async def main():
+        async with run_app(server_settings(url, max_queue_delay_ms=200.0)) as app:
+            await app.wait_for(lambda: len(app.state.registry.resident) == 2)
+            registry = _cold(app, ["beta"])
+            registry.ensure("alpha")
+            _, ended = _watch_backbone(app)
+            real = registry._load
+            release = threading.Event()
+
+            def until_released(record, deadline=None):
+                ended.wait(timeout=10)
+                release.wait(timeout=10)  # held past the backbone pass and the heads' grace
+                return real(record, deadline)
+
+            registry._load = until_released
+            slow = asyncio.ensure_future(app.client.post("/v1/classify", json={"image": b64(png_bytes(1)),
+                                                                                "tasks": ["beta"]}))
+            fast = await app.client.post("/v1/classify", json={"image": b64(png_bytes(2)), "tasks": ["alpha"]})
+            assert fast.status_code == 200 and not slow.done()  # answered while the other waits for its tuner
+            release.set()
+            r = await slow
+            assert r.status_code == 200, r.text
+            assert list(r.json()["results"]) == ["beta"]
+            assert r.json()["timings_ms"]["backbone_images"] == 0  # its second pass found its features cached
+
+    asyncio.run(main())
+
+
 def test_pin_and_unpin(tmp_path, run_app, micro_backbone):
     url = f"file://{tmp_path / 'store'}"
     names = [f"t{i}" for i in range(6)]
