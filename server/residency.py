@@ -3,8 +3,9 @@
 - `ResidentSet`: tuners placed for serving (classification heads in the engine's slots, style tuners on the
   device), in least-recently-used order. Pinned tuners are never evicted, nor are tuners that a request in
   flight holds (a lease): a batch never loses a head it was promised.
-- `HostCache`: validated artifacts of tuners that are not resident, so that a miss skips the store and the
-  validation. A tuner is in one tier or the other, never both (a resident tuner costs its weights once).
+- `HostCache`: tuners that are not resident, so that a miss skips the store and the validation: validated
+  artifacts (prefetched after a change) and what was kept of tuners evicted for room (a head's packed slot, put
+  back with a copy). A tuner is in one tier or the other, never both (a resident tuner costs its weights once).
 
 The store stays the source of truth; both tiers are caches of it.
 """
