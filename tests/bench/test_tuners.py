@@ -31,4 +31,5 @@ def test_short_tuners_run(tmp_path):
         server = run["mixes"][0]["server"]
         assert server["share_that_loaded"] > 0.3
         assert server["cold_miss_load_ms"]["p50"] > 0 and server["cold_miss_added_ms"]["p50"] is not None
+        assert server["cold_miss_added_end_to_end_ms"]["p50"] is not None
     assert runs[0]["put_to_serving"]["puts"] == 2
