@@ -312,6 +312,14 @@ class TunerRegistry:
             if self.metrics is not None:
                 self.metrics.tuner_evictions.inc()
 
+    def _add_resident(self, loaded: LoadedTuner, reserved: int) -> None:
+        """Make a loaded tuner resident, unless it was unloaded or deleted while it loaded: `unload` and a delete
+        mark the name first and evict second, and this adds first and checks second, so one of the two sees the
+        other and the tuner does not stay resident."""
+        self.resident.add(loaded, reserved=reserved)
+        if loaded.name in self.unloaded or loaded.name not in self._records:
+            self._evict(loaded.name)
+
     def _reinstall(self, record: TunerRecord, deadline: float | None, start: float) -> LoadedTuner | None:
         """Put back a tuner the host tier kept when it was evicted; None when there is none (or it no longer fits)."""
         evicted = self.host.take_if(record.name, record.version, EvictedTuner)
@@ -325,7 +333,7 @@ class TunerRegistry:
             self.resident.unreserve(tuner.nbytes)
             return None
         loaded = replace(tuner, nbytes=nbytes)
-        self.resident.add(loaded, reserved=tuner.nbytes)
+        self._add_resident(loaded, tuner.nbytes)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -359,7 +367,7 @@ class TunerRegistry:
             self._failed(record, exc)
             raise
         loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
-        self.resident.add(loaded, reserved=room)
+        self._add_resident(loaded, room)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)

@@ -250,6 +250,40 @@ def test_an_evicted_tuner_comes_back_from_the_host_tier_without_the_store(tmp_pa
     assert len(builds_off) >= 2 and len(reads_off) == len(builds_off)
 
 
+@pytest.mark.parametrize("change", ["unload", "delete"])
+def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_path, micro_backbone, change):
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha"])
+    engine = MultiTaskEngine(micro_backbone)
+    store = open_store(url)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine))
+    registry.sync()
+    entered, release = threading.Event(), threading.Event()
+    real_put = engine.put
+
+    def slow_put(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=10)
+        return real_put(*args, **kwargs)
+
+    engine.put = slow_put
+    loading = threading.Thread(target=lambda: registry.ensure("alpha"))
+    loading.start()
+    assert entered.wait(timeout=10)
+    if change == "unload":
+        registry.unload("alpha")
+    else:
+        store.delete("alpha")
+        registry.apply_change("alpha", store.revision())
+    release.set()
+    loading.join(timeout=10)
+    assert "alpha" not in registry.resident and "alpha" not in engine
+    store.close()
+
+
 def _cold(app, names):
     registry = app.state.registry
     for tuner in registry.resident.items():
