@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 
 from server.kinds import SERVED_KINDS, ServingRuntime
 from server.residency import HostCache, LoadedTuner, ResidencyError, ResidentSet
@@ -64,6 +65,14 @@ def is_transient(exc: BaseException) -> bool:
     wrong with the tuner, so it is not recorded as its problem (that would keep it from serving until its next
     version); the watcher retries the change, and the next request loads it."""
     return isinstance(exc, StoreError) and not isinstance(exc, ArtifactError)
+
+
+@dataclass(frozen=True)
+class EvictedTuner:
+    """What the host tier keeps of a tuner evicted for room: how it was served, and what its kind kept of it."""
+
+    tuner: LoadedTuner
+    kept: object
 
 
 class Lease:
@@ -261,7 +270,7 @@ class TunerRegistry:
         return True, None
 
     def _fetch(self, record: TunerRecord) -> TunerArtifact:
-        cached = self.host.take(record.name, record.version)
+        cached = self.host.take_if(record.name, record.version, TunerArtifact)
         if cached is not None:
             return cached
         return decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
@@ -291,11 +300,54 @@ class TunerRegistry:
         if self.metrics is not None:
             self.metrics.hotload_failures.inc()
 
+    def _make_room(self, nbytes: int, keep: str, deadline: float | None) -> None:
+        """Evict least-recently-used tuners until `nbytes` more fit; what the host tier can keep of them it keeps
+        (an evicted head's packed slot: putting it back is a copy)."""
+        for gone in self.resident.room_for(nbytes, keep=keep, deadline=deadline):
+            served = SERVED_KINDS[gone.kind]
+            kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
+            served.uninstall(self.runtime, gone.name)
+            if kept is not None:
+                self.host.put(gone.name, gone.version, EvictedTuner(gone, kept), getattr(kept, "nbytes", gone.nbytes))
+            if self.metrics is not None:
+                self.metrics.tuner_evictions.inc()
+
+    def _add_resident(self, loaded: LoadedTuner, reserved: int) -> None:
+        """Make a loaded tuner resident, unless it was unloaded or deleted while it loaded: `unload` and a delete
+        mark the name first and evict second, and this adds first and checks second, so one of the two sees the
+        other and the tuner does not stay resident."""
+        self.resident.add(loaded, reserved=reserved)
+        if loaded.name in self.unloaded or loaded.name not in self._records:
+            self._evict(loaded.name)
+
+    def _reinstall(self, record: TunerRecord, deadline: float | None, start: float) -> LoadedTuner | None:
+        """Put back a tuner the host tier kept when it was evicted; None when there is none (or it no longer fits)."""
+        evicted = self.host.take_if(record.name, record.version, EvictedTuner)
+        if evicted is None:
+            return None
+        tuner = evicted.tuner
+        self._make_room(tuner.nbytes, record.name, deadline)  # reserved: settled by add() or unreserve()
+        nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
+                                                     replace(tuner, module=None, nbytes=0))
+        if nbytes is None:
+            self.resident.unreserve(tuner.nbytes)
+            return None
+        loaded = replace(tuner, nbytes=nbytes)
+        self._add_resident(loaded, tuner.nbytes)
+        self.failures.pop(record.name, None)
+        if self.metrics is not None:
+            self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
+        self._report_residency()
+        return loaded
+
     def _load(self, record: TunerRecord, deadline: float | None = None) -> LoadedTuner:
         """Fetch, validate, build and install one version; evicts what must go to make room (waiting for
         requests in flight to let go of theirs until `deadline`)."""
         start = time.perf_counter()
         served = SERVED_KINDS[record.kind]
+        reinstalled = self._reinstall(record, deadline, start)
+        if reinstalled is not None:
+            return reinstalled
         try:
             artifact = self._fetch(record)
             module = build_tuner(artifact)
@@ -304,10 +356,7 @@ class TunerRegistry:
                 self._failed(record, exc)
             raise
         room = artifact_bytes(artifact)
-        for gone in self.resident.room_for(room, keep=record.name, deadline=deadline):
-            SERVED_KINDS[gone.kind].uninstall(self.runtime, gone.name)
-            if self.metrics is not None:
-                self.metrics.tuner_evictions.inc()
+        self._make_room(room, record.name, deadline)
         try:
             tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
                                 labels=tuple(artifact.labels), created_at=artifact.created_at,
@@ -318,7 +367,7 @@ class TunerRegistry:
             self._failed(record, exc)
             raise
         loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
-        self.resident.add(loaded, reserved=room)
+        self._add_resident(loaded, room)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)

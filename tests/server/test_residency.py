@@ -209,6 +209,81 @@ def test_a_miss_past_its_deadline_is_503_with_retry_after(tmp_path, run_app, mic
     asyncio.run(main())
 
 
+def test_an_evicted_tuner_comes_back_from_the_host_tier_without_the_store(tmp_path, run_app, micro_backbone,
+                                                                          monkeypatch):
+    """Evicted for room, a head's packed slot waits in the host cache: its next miss copies it back (no store
+    read, no build) and answers exactly as before; with the host cache off it is fetched and built again."""
+    import server.registry as registry_module
+
+    url = f"file://{tmp_path / 'store'}"
+    names = [f"t{i}" for i in range(4)]
+    _fill(url, micro_backbone, names)
+    builds = []
+    real_build = registry_module.build_tuner
+    monkeypatch.setattr(registry_module, "build_tuner", lambda artifact: builds.append(artifact.name)
+                        or real_build(artifact))
+
+    async def main(host_cache_mb):
+        settings = server_settings(url, resident_mb=2.5 * _slot_mib(micro_backbone), host_cache_mb=host_cache_mb,
+                                   feature_cache_mb=0)
+        async with run_app(settings) as app:
+            registry = app.state.registry
+            await app.wait_for(lambda: len(registry.resident) == 2)
+
+            async def ask(name):
+                r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(3)), "tasks": [name]})
+                assert r.status_code == 200, r.text
+                return r.json()["results"][name]
+
+            first = {name: await ask(name) for name in names}  # every one loaded at least once, most evicted
+            builds.clear()
+            reads = []
+            real_read = registry.store.get_bytes
+            registry.store.get_bytes = lambda *a, **k: reads.append(a) or real_read(*a, **k)
+            again = {name: await ask(name) for name in names}
+            assert again == first
+            return builds, reads
+
+    builds_on, reads_on = asyncio.run(main(host_cache_mb=64))
+    assert builds_on == [] and reads_on == []
+    builds_off, reads_off = asyncio.run(main(host_cache_mb=0))
+    assert len(builds_off) >= 2 and len(reads_off) == len(builds_off)
+
+
+@pytest.mark.parametrize("change", ["unload", "delete"])
+def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_path, micro_backbone, change):
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha"])
+    engine = MultiTaskEngine(micro_backbone)
+    store = open_store(url)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine))
+    registry.sync()
+    entered, release = threading.Event(), threading.Event()
+    real_put = engine.put
+
+    def slow_put(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=10)
+        return real_put(*args, **kwargs)
+
+    engine.put = slow_put
+    loading = threading.Thread(target=lambda: registry.ensure("alpha"))
+    loading.start()
+    assert entered.wait(timeout=10)
+    if change == "unload":
+        registry.unload("alpha")
+    else:
+        store.delete("alpha")
+        registry.apply_change("alpha", store.revision())
+    release.set()
+    loading.join(timeout=10)
+    assert "alpha" not in registry.resident and "alpha" not in engine
+    store.close()
+
+
 def _cold(app, names):
     registry = app.state.registry
     for tuner in registry.resident.items():
