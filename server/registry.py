@@ -326,7 +326,11 @@ class TunerRegistry:
         if evicted is None:
             return None
         tuner = evicted.tuner
-        self._make_room(tuner.nbytes, record.name, deadline)  # reserved: settled by add() or unreserve()
+        try:
+            self._make_room(tuner.nbytes, record.name, deadline)  # reserved: settled by add() or unreserve()
+        except ResidencyError:  # no room in time: it stays in the host tier for the next try
+            self.host.put(record.name, record.version, evicted, getattr(evicted.kept, "nbytes", tuner.nbytes))
+            raise
         nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
                                                      replace(tuner, module=None, nbytes=0))
         if nbytes is None:

@@ -284,6 +284,33 @@ def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_p
     store.close()
 
 
+def test_a_packed_head_that_finds_no_room_stays_in_the_host_tier(tmp_path, micro_backbone):
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+    from server.residency import ResidencyError
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+    store = open_store(url)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32,
+                                                   engine=MultiTaskEngine(micro_backbone)),
+                             resident_bytes=int(1.5 * _slot_mib(micro_backbone) * 1024 * 1024),
+                             host_cache_bytes=64 * 1024 * 1024)
+    registry.sync()
+    registry.ensure("alpha")
+    registry.ensure("beta")  # evicts alpha into the host tier as its packed slot
+    version = registry.record("alpha").version
+    assert "alpha" not in registry.resident and registry.host.holds("alpha", version)
+    assert registry.resident.lease_all(["beta"])  # a request holds beta: no room for alpha now
+    with pytest.raises(ResidencyError):
+        registry.ensure("alpha", deadline=time.monotonic())
+    assert registry.host.holds("alpha", version)  # not lost: the next try copies it back
+    registry.resident.release(["beta"])
+    registry.ensure("alpha")
+    assert "alpha" in registry.resident and not registry.host.holds("alpha", version)
+    store.close()
+
+
 def _cold(app, names):
     registry = app.state.registry
     for tuner in registry.resident.items():
