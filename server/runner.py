@@ -103,6 +103,15 @@ class ClassifyRunner:
                 self.metrics.cache_bytes.set(self.cache.size_bytes)
         return out, backbone_ms, len(missing)
 
+    def _gone(self, r: ClassifyRequest) -> UnknownTasksError | None:
+        """Tasks deleted since the HTTP layer checked them: the default set simply leaves them out (None unless it
+        is left empty); a task the request named is named back."""
+        unknown = [t for t in r.tasks if t not in self.engine]
+        if unknown and not r.named:
+            r.tasks = [t for t in r.tasks if t in self.engine]
+            unknown = [] if r.tasks else unknown
+        return UnknownTasksError(unknown, sorted(self.engine.names)) if unknown else None
+
     def _await_residency(self, batch: list[ClassifyRequest], waiting: list[int], results: list[object],
                          valid: list[int]) -> list[int]:
         """Wait (briefly) for the requests whose tuners were loading during the backbone pass; settle those that
@@ -118,12 +127,7 @@ class ClassifyRunner:
                 error = DEFERRED
             r.resident_wait_ms += (time.perf_counter() - began) * 1000
             if error is None:
-                unknown = [t for t in r.tasks if t not in self.engine]
-                if unknown and not r.named:
-                    r.tasks = [t for t in r.tasks if t in self.engine]
-                    unknown = [] if r.tasks else unknown
-                if unknown:
-                    error = UnknownTasksError(unknown, sorted(self.engine.names))
+                error = self._gone(r)
             if error is not None:
                 results[valid[j]] = error
                 dropped.add(j)
@@ -138,12 +142,9 @@ class ClassifyRunner:
             if r.residency is not None:  # checked once resident, after the backbone pass
                 valid.append(i)
                 continue
-            unknown = [t for t in r.tasks if t not in self.engine]
-            if unknown and not r.named:  # the default set: what is gone since is simply not asked
-                r.tasks = [t for t in r.tasks if t in self.engine]
-                unknown = [] if r.tasks else unknown
-            if unknown:  # a task named by the request and deleted since the HTTP layer checked it: named back
-                results[i] = UnknownTasksError(unknown, sorted(self.engine.names))
+            gone = self._gone(r)
+            if gone is not None:
+                results[i] = gone
             else:
                 valid.append(i)
         if not valid:
