@@ -287,6 +287,8 @@ def _tuners_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--window-s", type=float, default=d.window_s, help="seconds per load window")
     b.add_argument("--rounds", type=int, default=d.rounds, help="windows each server gets, taking turns")
     b.add_argument("--puts", type=int, default=d.puts, help="put-to-serving samples per N (0 skips)")
+    b.add_argument("--cold-probes", type=int, default=d.cold_probes,
+                   help="cold misses timed per N, each beside a hit sent at the same moment, under load (0 skips)")
     b.add_argument("--image-size", type=int, default=d.image_size)
     b.add_argument("--store", default=d.store, help="file (a temporary directory) or a scratch redis:// URL "
                                                     "(its database is flushed)")
@@ -308,7 +310,7 @@ def _tuners(args):
         raise ConfigError("--counts are tuner counts above 5 (5 is the baseline every count is compared with)")
     cfg = TunersConfig(backbone=args.backbone, counts=tuple(args.counts), poolings=tuple(args.pooling),
                        mixes=tuple(mixes), partial_budget=args.partial_budget, concurrency=args.concurrency,
-                       window_s=args.window_s, rounds=args.rounds, puts=args.puts, image_size=args.image_size,
+                       window_s=args.window_s, rounds=args.rounds, puts=args.puts, cold_probes=args.cold_probes, image_size=args.image_size,
                        store=args.store, engine_tuners=args.engine_tuners, seed=args.seed, device=args.device)
     return tuners_result(run_tuners_bench(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True)))
 

@@ -104,21 +104,20 @@ class Server:
                 raise RuntimeError("the server was not ready within 600 s")
             time.sleep(0.05)
 
-    def resident(self) -> int:
-        return httpx.get(f"{self.url}/readyz", timeout=10).json()["resident_tuners"]
-
-    def wait_settled(self, timeout: float = 900) -> int:
-        """Until the start-up warm-up is done (the resident count stops changing); returns that count."""
-        deadline = time.perf_counter() + timeout
-        last, since = -1, time.perf_counter()
+    def wait_settled(self, timeout: float = 900) -> dict:
+        """Until the start-up warm-up is done (resident set, then host tier): a steady server is measured.
+        Returns the tuners resident and in the host tier then, and how long after ready that took."""
+        began = time.perf_counter()
+        deadline = began + timeout
+        body: dict = {}
         while time.perf_counter() < deadline:
-            now = self.resident()
-            if now != last:
-                last, since = now, time.perf_counter()
-            elif time.perf_counter() - since > 3:
-                return now
+            body = httpx.get(f"{self.url}/readyz", timeout=10).json()
+            if body.get("warm_up") == "done":
+                return {"resident": body["resident_tuners"], "host_tier": body["host_tier_tuners"],
+                        "seconds_after_ready": round(time.perf_counter() - began, 2)}
             time.sleep(0.25)
-        raise RuntimeError(f"the warm-up did not settle within {timeout:.0f} s ({last} resident)")
+        raise RuntimeError(f"the warm-up did not finish within {timeout:.0f} s ({body.get('resident_tuners')} "
+                           f"resident, {body.get('host_tier_tuners')} in the host tier)")
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
@@ -304,6 +303,66 @@ def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, p
             "max_s": round(max(samples), 4), f"not_served_within_{PUT_TIMEOUT_S:.0f}_s": timed_out}
 
 
+def _cold_miss_probes(server: Server, store_url: str, backbone, head_pool: list, pooling: str, hit_name: str,
+                      load: list[bytes], image: bytes, cfg: TunersConfig) -> dict:
+    """What a cold miss adds to its answer, under the request load: new tuners are put in the store (not resident,
+    not in a host tier: their first request reads, validates and builds them); each is asked for at the same
+    moment as a resident tuner, on its own connection, so the two share the server's state and usually one batch.
+    The difference of the pair's latencies is what the miss added."""
+    store = open_store(store_url)
+    labels = [f"c{k}" for k in range(10)]
+    names = [f"cold-{pooling}-{i:03d}" for i in range(cfg.cold_probes)]
+    for i, name in enumerate(names):
+        store.put(encode_artifact(classification_artifact(name, head_pool[(i + 3) % len(head_pool)], labels,
+                                                          backbone, {})))
+    revision = store.revision()
+    store.close()
+    deadline = time.perf_counter() + 60
+    while httpx.get(f"{server.url}/readyz", timeout=10).json()["store_revision"] < revision:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the server did not see the probe tuners within 60 s")
+        time.sleep(0.1)
+    host, port = server.url.removeprefix("http://").split(":")
+    pairs: list[dict] = []
+
+    async def timed(request: bytes) -> tuple[float, dict]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            start = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            status, body = await _read_body(reader)
+            elapsed = time.perf_counter() - start
+        finally:
+            writer.close()
+        if status != 200:
+            raise RuntimeError(f"a probe got {status}: {body[:300]!r}")
+        return elapsed, json.loads(body)["timings_ms"]
+
+    async def probes():
+        await asyncio.sleep(1.0)  # the load is running
+        for name in names:
+            (cold, cold_timings), (hit, _) = await asyncio.gather(timed(_encode(host, int(port), image, [name])),
+                                                                  timed(_encode(host, int(port), image, [hit_name])))
+            pairs.append({"cold_s": cold, "hit_s": hit, "load_ms": cold_timings.get("tuner_load_total")})
+            await asyncio.sleep(0.3)
+
+    async def main():
+        await asyncio.gather(_window(server.url, load, cfg.concurrency, 1.5 + 0.9 * len(names)), probes())
+
+    asyncio.run(main())
+    store = open_store(store_url)
+    for name in names:  # the next runs hold N tuners again
+        store.delete(name)
+    store.close()
+    added = [(p["cold_s"] - p["hit_s"]) * 1000 for p in pairs]
+    loads = [p["load_ms"] for p in pairs if p["load_ms"] is not None]
+    return {"probes": len(pairs), "store": "file" if store_url.startswith("file:") else "redis",
+            "added_ms": {p: round(_pct(added, q), 2) for p, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+            "load_ms": {p: round(_pct(loads, q), 2) for p, q in (("p50", 0.5), ("p99", 0.99))} if loads else None,
+            "pairs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()} for p in pairs]}
+
+
 def _engine_mix(backbone, head_pool: list, cfg: TunersConfig) -> dict:
     """8 requests naming 3 different tasks each vs 8 naming the same 3 (mean pooling): the heads alone."""
     backbone = backbone.to(cfg.device)
@@ -375,7 +434,7 @@ def run_tuners_bench(cfg: TunersConfig, *, progress=print) -> dict:
                                "host_cache_mb": round(host_cache_mb, 3)}
                         run["start_to_ready_s"] = round(server.start(), 3)
                         try:
-                            run["resident_at_start"] = server.wait_settled()  # measure a steady server
+                            run["settled"] = server.wait_settled()  # measure a steady server
                             if label == "all":
                                 run["rss_mb"] = round(server.rss() / 2**20, 1)
                                 run["baseline_rss_mb"] = round(baseline.rss() / 2**20, 1)
@@ -396,6 +455,10 @@ def run_tuners_bench(cfg: TunersConfig, *, progress=print) -> dict:
                             if label == "all" and cfg.puts:
                                 run["put_to_serving"] = _put_to_serving(server, store_url, backbone, heads, pooling,
                                                                         names[0], cfg.puts, images[0])
+                            if label == "all" and cfg.cold_probes:
+                                progress(f"  {pooling} N={n}: {cfg.cold_probes} cold misses under load")
+                                run["cold_miss"] = _cold_miss_probes(server, store_url, backbone, heads, pooling,
+                                                                     names[0], reqs, images[1 % len(images)], cfg)
                         finally:
                             server.stop()
                         per_pool["runs"].append(run)
@@ -444,7 +507,9 @@ def tuners_result(payload: dict) -> BenchResult:
             head = (f"  N={run['tuners']:>5} budget {run['budget']}: start-to-ready {run['start_to_ready_s']} s"
                     + (f", RSS/tuner {run['rss_per_tuner_over_weights']}x weights" if "rss_per_tuner_over_weights"
                        in run else "")
-                    + (f", put-to-serving p99 {run['put_to_serving']['p99_s']} s" if "put_to_serving" in run else ""))
+                    + (f", put-to-serving p99 {run['put_to_serving']['p99_s']} s" if "put_to_serving" in run else "")
+                    + (f", a cold miss added p50/p99 {run['cold_miss']['added_ms']['p50']}/"
+                       f"{run['cold_miss']['added_ms']['p99']} ms" if "cold_miss" in run else ""))
             lines.append(head)
             for mix in run["mixes"]:
                 s = mix["server"]

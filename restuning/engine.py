@@ -188,6 +188,21 @@ class MultiTaskEngine:
             return PackedHead(tensors.layout, tensors.read(placement.slot, device), placement.num_classes,
                               placement.tag)
 
+    def pack(self, head: ResTuningBypass, *, tag: object = None, device: str | torch.device = "cpu") -> PackedHead | None:
+        """`head` packed as its group's slots hold it now, without placing it: what `put_packed` takes (a host
+        tier fills itself this way at start). None when it has no group yet, or needs a larger layout than its
+        group has: it is built and `put` when it is wanted."""
+        self._check("(packed)", head)
+        layout = layout_of(head, self.backbone.embed_dim)
+        with self._lock:
+            group = self._groups.get(slots.group_key(layout))
+            if group is None or covering(group.layout, layout) != group.layout:
+                return None
+            target = group.layout
+        one = SlotTensors.empty(target, 1, device=device, dtype=self.dtype)
+        one.write(0, head)
+        return PackedHead(target, one.read(0, device), head.config.num_classes, tag)
+
     def put_packed(self, name: str, packed: PackedHead, *, tag: object = None) -> bool:
         """Add `name` from an exported slot: one slot is written (copies only), then published. False, and nothing
         changed, when its group has been laid out anew since the export (the caller builds it again)."""

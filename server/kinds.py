@@ -39,6 +39,9 @@ class ServedKind:
     # that is put back (the bytes it takes, or None when it no longer fits and must be built from its artifact)
     keep_evicted: Callable[[ServingRuntime, str], object | None] = lambda runtime, name: None
     reinstall: Callable[[ServingRuntime, str, object, object], int | None] = lambda runtime, name, kept, tag: None
+    # the same form made from a built module without placing it (the host tier fills itself at start); None: the
+    # host tier keeps the validated artifact instead
+    pack: Callable[[ServingRuntime, object, object], object | None] = lambda runtime, module, tag: None
 
     @property
     def name(self) -> str:
@@ -73,6 +76,7 @@ SERVED_KINDS: dict[str, ServedKind] = {
             uninstall=lambda runtime, name: runtime.engine.remove(name),
             keep_evicted=_packed_from_engine,
             reinstall=_packed_into_engine,
+            pack=lambda runtime, module, tag: runtime.engine.pack(module, tag=tag),
         ),
         ServedKind(
             kind=DIFFUSION,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -113,6 +114,7 @@ class TunerRegistry:
         self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
         self.last_error: str | None = None
         self.closed = threading.Event()  # the server is stopping: background loading ends
+        self.warm_up_done = threading.Event()  # the start-up warm-up (resident set, then host tier) has finished
         # every series exists from the start (at 0), so a scrape before the first sync sees the same set as after
         self._report_catalog()
         self._report_residency()
@@ -522,6 +524,49 @@ class TunerRegistry:
             except Exception:  # recorded as its problem; requests will say so
                 continue
 
+    def fill_host_tier(self) -> None:
+        """After `warm_up`: the tuners that are not resident, newest first, into the host tier while it has room
+        (never evicting), each in the form its next miss reinstalls fastest (a packed head: a copy); as S-LoRA
+        keeps every adapter in host memory. Runs at a lower CPU priority than serving."""
+        _lower_this_threads_priority()
+        try:
+            order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+            for record in order:
+                if self.closed.is_set() or self.host.budget <= 0:
+                    return
+                if record.name in self.resident or self.host.holds(record.name, record.version) \
+                        or not self.serves(record.name)[0]:
+                    continue
+                entry = self._host_entry(record)
+                if entry is None:
+                    continue
+                kept, nbytes = entry
+                if self.host.nbytes + nbytes > self.host.budget:
+                    return  # full: the warm-up never evicts what requests put there
+                self.host.put(record.name, record.version, kept, nbytes)
+                if record.name not in self._records:  # deleted meanwhile
+                    self.host.discard(record.name)
+                self._report_residency()
+        finally:
+            self.warm_up_done.set()
+
+    def _host_entry(self, record: TunerRecord) -> tuple[object, int] | None:
+        """(what the host tier keeps of `record`, its bytes): its packed form when its kind has one and its group
+        exists, else the validated artifact; None when it cannot be read now or cannot serve (noted)."""
+        try:
+            artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
+            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
+                                labels=tuple(artifact.labels), created_at=artifact.created_at,
+                                metrics=dict(artifact.metrics), nbytes=0)
+            packed = SERVED_KINDS[record.kind].pack(self.runtime, build_tuner(artifact), tuner)
+        except Exception as exc:
+            if not is_transient(exc):
+                self._failed(record, exc)
+            return None
+        if packed is None:
+            return artifact, artifact_bytes(artifact)
+        return EvictedTuner(replace(tuner, nbytes=packed.nbytes), packed), packed.nbytes
+
     # -- metrics ------------------------------------------------------------------------------------------
 
     def _report_catalog(self) -> None:
@@ -547,3 +592,11 @@ class TunerRegistry:
             budget = self.resident.budget
             self.metrics.set_tuner_requests(sorted(self.resident.leased()), waiting,
                                             "unlimited" if budget is None else str(budget // (1024 * 1024)))
+
+
+def _lower_this_threads_priority(niceness: int = 10) -> None:
+    """Background work yields the CPU to serving (Linux sets a nice value per thread; elsewhere nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass

@@ -43,7 +43,7 @@ class ServerSettings(BaseSettings):
     resident_mb: float = Field(1024.0, ge=0, description="byte budget of the tuners resident for serving, in MiB "
                                "(least recently used ones are evicted; 0: no limit)")
     host_cache_mb: float = Field(256.0, ge=0, description="byte budget of tuners that are not resident (validated "
-                                 "artifacts, and the packed heads of tuners evicted for room), in MiB (0: none)")
+                                 "artifacts, and packed heads: of tuners evicted for room, and filled in at start), in MiB (0: none)")
     pin: Annotated[list[str], NoDecode] = Field(default_factory=list, description="a tuner that is never evicted and is the default task "
                            "set once more than 64 tuners are stored (repeatable)")
     miss_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its tuners to load "

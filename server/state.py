@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 
 from restuning import kernels
@@ -123,10 +124,14 @@ class ServerState:
         if s.malloc_trim_interval_s:
             self._tasks.append(asyncio.get_running_loop().create_task(self._trim_forever(s.malloc_trim_interval_s),
                                                                       name="restune-malloc-trim"))
-        # Ready now; tuners become resident on their first request, and meanwhile pinned then newest in the back.
-        self._tasks.append(asyncio.get_running_loop().create_task(asyncio.to_thread(self.registry.warm_up),
-                                                                  name="restune-warm-up"))
+        # Ready now; tuners become resident on their first request, and meanwhile pinned then newest in the back,
+        # then the host tier fills (on its own thread: it lowers its CPU priority, a pool thread must not).
+        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="restune-warm-up"))
         self.ready = True
+
+    async def _warm_up(self) -> None:
+        await asyncio.to_thread(self.registry.warm_up)
+        threading.Thread(target=self.registry.fill_host_tier, name="restune-host-tier", daemon=True).start()
 
     async def _sync_once(self, retry_seconds: float = 1.0) -> None:
         """Retry the initial full load until it succeeds: until then the replica is not ready, since one that

@@ -15,7 +15,7 @@ def test_short_tuners_run(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "restune", "bench", "tuners", "--backbone", "restune_vit_micro", "--counts", "5,50",
-         "--pooling", "avg", "--mixes", "1:zipf", "--rounds", "1", "--window-s", "1.5", "--puts", "2",
+         "--pooling", "avg", "--mixes", "1:zipf", "--rounds", "1", "--window-s", "1.5", "--puts", "2", "--cold-probes", "3",
          "--image-size", "32", "--engine-tuners", "10", "--out-dir", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -33,3 +33,9 @@ def test_short_tuners_run(tmp_path):
         assert server["cold_miss_load_ms"]["p50"] > 0 and server["cold_miss_added_ms"]["p50"] is not None
         assert server["cold_miss_added_end_to_end_ms"]["p50"] is not None
     assert runs[0]["put_to_serving"]["puts"] == 2
+    cold = runs[0]["cold_miss"]  # new tuners, each loaded from the store by its first request
+    assert cold["probes"] == 3 and all(p["load_ms"] is not None for p in cold["pairs"])
+    assert cold["added_ms"]["p99"] is not None
+    # the host tier fills at start with every tuner that is not resident (its budget holds them all), or none
+    assert runs[1]["settled"]["resident"] + runs[1]["settled"]["host_tier"] == 50
+    assert runs[2]["settled"]["host_tier"] == 0

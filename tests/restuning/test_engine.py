@@ -139,3 +139,24 @@ def test_an_exported_head_put_back_gives_the_same_logits(micro_backbone64):
     engine.put("wide", build_bypass(wider, bb.embed_dim, seed=0))  # task0's group now holds hidden size 16
     engine.remove("task0")
     assert not engine.put_packed("task0", packed["task0"]) and "task0" not in engine
+
+
+def test_a_head_packed_without_placing_it_serves_as_if_it_had_been_put(micro_backbone64):
+    """pack (the host tier filling itself at start): putting the packed head gives the logits `put` gives, bit for
+    bit, in every group kind; a head with no group yet, or wider than its group, is not packed (None), and packing
+    places nothing."""
+    bb = micro_backbone64
+    heads = _heads(bb, MIXED, torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    feats = bb.forward_features(torch.randn(3, 3, 32, 32, dtype=torch.float64))
+    for name, head in heads.items():
+        before = sorted(engine.names)
+        p = engine.pack(head, tag=("tag", name))
+        assert p is not None and sorted(engine.names) == before  # packing places nothing
+        assert engine.put_packed(f"{name}-packed", p, tag=p.tag)
+    for name in heads:  # one head per run, so both are computed alike
+        assert torch.equal(engine.run(feats, [name])[name], engine.run(feats, [f"{name}-packed"])[f"{name}-packed"])
+    wider = BypassConfig.create(bb.info, num_classes=2, horizontal="adapter", vertical="adapter", dim=64)
+    assert engine.pack(build_bypass(wider, bb.embed_dim, seed=0).to(torch.float64)) is None
+    empty = MultiTaskEngine(bb)
+    assert empty.pack(heads["task0"]) is None and not empty.groups

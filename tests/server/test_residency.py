@@ -311,6 +311,58 @@ def test_a_packed_head_that_finds_no_room_stays_in_the_host_tier(tmp_path, micro
     store.close()
 
 
+def test_the_host_tier_fills_at_start_and_its_misses_need_no_store_and_no_build(tmp_path, micro_backbone,
+                                                                                monkeypatch):
+    """After the resident warm-up, the tuners that did not fit go into the host tier as packed heads, newest first,
+    while it has room and without evicting: each one's first miss is then a copy (no store read, no build), and
+    answers as a tuner built from its artifact does."""
+    import server.registry as registry_module
+    from server.kinds import ServingRuntime
+    from server.registry import EvictedTuner, TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    names = [f"t{i}" for i in range(6)]
+    _fill(url, micro_backbone, names)
+    slot = _slot_mib(micro_backbone) * 1024 * 1024
+
+    def registry_with(host_slots: float):
+        store = open_store(url)
+        engine = MultiTaskEngine(micro_backbone)
+        registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine),
+                                 resident_bytes=int(1.5 * slot), host_cache_bytes=int(host_slots * slot))
+        registry.sync()
+        registry.warm_up()
+        assert not registry.warm_up_done.is_set()
+        registry.fill_host_tier()
+        assert registry.warm_up_done.is_set()
+        return registry, engine
+
+    registry, engine = registry_with(host_slots=3.5)  # room for three of the five that are not resident
+    (resident,) = [t.name for t in registry.resident.items()]
+    assert resident == "t5"  # the newest
+    held = [n for n in names if registry.host.holds(n, registry.record(n).version)]
+    assert held == ["t2", "t3", "t4"]  # newest first, until the next would not fit: nothing evicted
+    builds, reads = [], []
+    real_build, real_read = registry_module.build_tuner, registry.store.get_bytes
+    monkeypatch.setattr(registry_module, "build_tuner", lambda a: builds.append(a.name) or real_build(a))
+    registry.store.get_bytes = lambda *a, **k: reads.append(a[0]) or real_read(*a, **k)
+    feats = micro_backbone.forward_features(torch.randn(2, 3, 32, 32))
+    reference = MultiTaskEngine(micro_backbone)
+    for name in held:
+        assert isinstance(registry.host._entries[name][1], EvictedTuner)
+        registry.ensure(name)
+        reference.put(name, real_build(registry_module.decode_for(registry.runtime, real_read(name, 1))))
+        assert torch.equal(engine.run(feats, [name])[name], reference.run(feats, [name])[name]), name
+    assert builds == [] and reads == []
+    registry.ensure("t0")  # never in the host tier: read and built
+    assert builds == ["t0"] and reads == ["t0"]
+    registry.store.close()
+
+    registry, _ = registry_with(host_slots=0)
+    assert len(registry.host) == 0
+    registry.store.close()
+
+
 def _cold(app, names):
     registry = app.state.registry
     for tuner in registry.resident.items():
