@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench import accuracy_config as acc
 from bench.results import BenchResult, emit
 from bench.soak_config import SoakConfig
 from bench.tuners_config import TunersConfig
@@ -79,36 +80,57 @@ def _multitask(args):
 def _accuracy_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--backbone", default="vit_tiny_patch16_224")
     a.add_argument("--weights", default="random:0")
-    a.add_argument("--pooling", default="avg", choices=("token", "avg"))
-    a.add_argument("--epochs", type=positive_int, default=20)
-    a.add_argument("--batch-size", type=positive_int, default=32)
+    a.add_argument("--pooling", default=None, choices=("token", "avg"),
+                   help="default: the backbone's own (a given one names the file: digits-accuracy-avg-DEVICE.json)")
+    a.add_argument("--epochs", type=positive_int, default=None, help="default: train classify's")
+    a.add_argument("--batch-size", type=positive_int, default=None, help="default: train classify's")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--methods", type=comma_list, default=["linear", "bypass", "full"])
-    a.add_argument("--lr-linear", type=positive_list(float), default=None,
-                   help="candidates (default 0.2,0.1,0.05,0.01)")
-    a.add_argument("--lr-bypass", type=positive_list(float), default=None,
-                   help="candidates (default 0.05,0.01,0.005)")
-    a.add_argument("--lr-full", type=positive_list(float), default=None,
-                   help="candidates (default 3e-4,1e-4)")
-    a.add_argument("--augment", action="store_true", help="RandomResizedCrop (digits: area >= 0.6) for all methods")
-    a.add_argument("--cache-dir", default=None, help="feature cache directory (default: a temporary one)")
+    a.add_argument("--recipes", type=comma_list, default=list(acc.RECIPES),
+                   help="train classify runs compared: " + "; ".join(f"{r}: {acc.recipe_flags(r)}" for r in acc.RECIPES)
+                        + " ('none' skips them)")
+    a.add_argument("--repeats", type=positive_int, default=1, help="rounds of the recipes, taking turns (1)")
+    a.add_argument("--feature-cache", action="store_true",
+                   help="the recipes train with --feature-cache (the file is then digits-accuracy-cache-DEVICE.json)")
+    a.add_argument("--methods", type=comma_list, default=list(acc.METHODS),
+                   help="methods of the lr x weight-decay sweep ('none' skips it)")
+    for method in acc.METHODS:
+        a.add_argument(f"--lr-{method}", type=positive_list(float), default=None,
+                       help=f"sweep candidates ({acc.candidates_text(acc.SWEEP_LRS[method])})")
+        a.add_argument(f"--wd-{method}", type=_weight_decays, default=None,
+                       help=f"sweep candidates ({acc.candidates_text(acc.SWEEP_WDS[method])})")
+    a.add_argument("--cache-dir", default=None, help="the sweep's feature cache directory (default: a temporary one)")
     a.add_argument("--device", default="auto")
     a.add_argument("--no-progress", action="store_true")
 
 
+def _weight_decays(text: str) -> list[float]:
+    values = [float(v) for v in comma_list(text)] if text.strip() else []
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated weight decays in [0, 1), got {text!r}")
+    return values
+
+
 def _accuracy(args):
-    from bench.accuracy import METHODS, format_accuracy, run_digits_accuracy  # torch: see the module docstring
+    from bench.accuracy import format_accuracy, run_digits_accuracy  # torch: see the module docstring
     from bench.common import device_slug
     from training.distributed import resolve_device
 
-    _known(args.methods, METHODS)
-    lrs = {k: v for k, v in (("linear", args.lr_linear), ("bypass", args.lr_bypass), ("full", args.lr_full)) if v}
+    recipes = [] if args.recipes == ["none"] else args.recipes
+    methods = [] if args.methods == ["none"] else args.methods
+    _known(recipes, acc.RECIPES, "recipes", allow_empty=True)
+    _known(methods, acc.METHODS, allow_empty=True)
+    if not recipes and not methods:
+        raise ConfigError("--recipes none and --methods none leave nothing to measure")
+    lrs = {m: getattr(args, f"lr_{m}") for m in acc.METHODS if getattr(args, f"lr_{m}")}
+    wds = {m: getattr(args, f"wd_{m}") for m in acc.METHODS if getattr(args, f"wd_{m}")}
     device = resolve_device(args.device)
     payload = run_digits_accuracy(backbone=args.backbone, weights=args.weights, pooling=args.pooling,
-                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                                  methods=args.methods, lrs=lrs, augment=args.augment, device=device,
-                                  cache_dir=args.cache_dir, progress=_progress(args))
-    return BenchResult(f"digits-accuracy-{device_slug(device)}", payload, format_accuracy(payload))
+                                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, recipes=recipes,
+                                  repeats=args.repeats, feature_cache=args.feature_cache, methods=methods, lrs=lrs,
+                                  wds=wds, device=device, cache_dir=args.cache_dir, progress=_progress(args))
+    # settings that change the numbers name the file: a pooling rule, the recipes' cache (their times differ)
+    parts = ["digits-accuracy", args.pooling, "cache" if args.feature_cache and recipes else None, device_slug(device)]
+    return BenchResult("-".join(p for p in parts if p), payload, format_accuracy(payload))
 
 
 # -- train-memory -------------------------------------------------------------------------------------------
@@ -212,12 +234,25 @@ def _soak_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--image-size", type=int, default=d.image_size)
     b.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
     b.add_argument("--sample-interval", type=float, default=d.sample_interval, help="RSS sampling period in seconds")
-    b.add_argument("--rss-tolerance-mb", type=float, default=d.rss_tolerance_mb,
-                   help="allowed rise of the RSS peak, second half vs first half of the run (default %(default)s MiB)")
+    b.add_argument("--fresh-names", action="store_true",
+                   help="each churn upload after a delete takes a name never used before (name-keyed state churns too)")
+    b.add_argument("--rss-growth-mb", type=float, default=d.rss_growth_mb,
+                   help="RSS growth allowed over the measured run: the fitted slope times its length "
+                        "(default %(default)s MiB)")
+    b.add_argument("--rss-cap-mb", type=float, default=d.rss_cap_mb,
+                   help="the measured run's peak RSS may exceed its start by at most this (default %(default)s MiB)")
+    b.add_argument("--latency-ratio", type=float, default=d.latency_ratio,
+                   help="classify p99 of the last window over the first, at most (default %(default)s)")
+    b.add_argument("--latency-window", type=float, default=d.latency_window,
+                   help="seconds per latency window, first and last of the measured run (default %(default)s; a "
+                        "third of the run when that is shorter; windows under 60 s are not judged)")
     b.add_argument("--store", default=None,
                    help="a scratch store URL (file:// or redis://) the server uses; default: a fresh local store")
     b.add_argument("--server-arg", dest="server_args", action="append", default=[],
                    help="extra `restune serve` flag, repeatable (e.g. --server-arg=--feature-cache-mb=0)")
+    b.add_argument("--server-wrapper", default=None,
+                   help="run the server as WRAPPER -m restune serve …, e.g. \"python -m bench.memprobe --out F\" or "
+                        "\"python -m memray run -o F\" (profilers; latency is then not representative)")
     b.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -229,9 +264,11 @@ def _soak(args):
         raise ConfigError("soak needs at least one stable tuner, one churn tuner and one image")
     cfg = SoakConfig(
         backbone=args.backbone, weights=args.weights, duration=args.duration, warmup=args.warmup, rate=args.rate,
-        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, images=args.images,
-        image_size=args.image_size, max_in_flight=args.max_in_flight, sample_interval=args.sample_interval,
-        rss_tolerance_mb=args.rss_tolerance_mb, store=args.store, server_args=list(args.server_args), seed=args.seed,
+        write_fraction=args.write_fraction, tasks=args.tasks, churn=args.churn, fresh_names=args.fresh_names,
+        images=args.images, image_size=args.image_size, max_in_flight=args.max_in_flight,
+        sample_interval=args.sample_interval, rss_growth_mb=args.rss_growth_mb, rss_cap_mb=args.rss_cap_mb,
+        latency_ratio=args.latency_ratio, latency_window=args.latency_window, store=args.store,
+        server_args=list(args.server_args), server_wrapper=args.server_wrapper, seed=args.seed,
     )
     return soak_result(run_soak(cfg), cfg)
 
@@ -252,6 +289,8 @@ def _tuners_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--window-s", type=float, default=d.window_s, help="seconds per load window")
     b.add_argument("--rounds", type=int, default=d.rounds, help="windows each server gets, taking turns")
     b.add_argument("--puts", type=int, default=d.puts, help="put-to-serving samples per N (0 skips)")
+    b.add_argument("--cold-probes", type=int, default=d.cold_probes,
+                   help="cold misses timed per N, each beside a hit sent at the same moment, under load (0 skips)")
     b.add_argument("--image-size", type=int, default=d.image_size)
     b.add_argument("--store", default=d.store, help="file (a temporary directory) or a scratch redis:// URL "
                                                     "(its database is flushed)")
@@ -273,7 +312,7 @@ def _tuners(args):
         raise ConfigError("--counts are tuner counts above 5 (5 is the baseline every count is compared with)")
     cfg = TunersConfig(backbone=args.backbone, counts=tuple(args.counts), poolings=tuple(args.pooling),
                        mixes=tuple(mixes), partial_budget=args.partial_budget, concurrency=args.concurrency,
-                       window_s=args.window_s, rounds=args.rounds, puts=args.puts, image_size=args.image_size,
+                       window_s=args.window_s, rounds=args.rounds, puts=args.puts, cold_probes=args.cold_probes, image_size=args.image_size,
                        store=args.store, engine_tuners=args.engine_tuners, seed=args.seed, device=args.device)
     return tuners_result(run_tuners_bench(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True)))
 
@@ -371,10 +410,10 @@ def diffusion_demo(args) -> int:
 
 # -- wiring ---------------------------------------------------------------------------------------------------
 
-def _known(values: list[str], known) -> None:
+def _known(values: list[str], known, what: str = "methods", *, allow_empty: bool = False) -> None:
     bad = [v for v in values if v not in known]
-    if bad or not values:
-        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(known)}")
+    if bad or not (values or allow_empty):
+        raise ConfigError(f"unknown {what} {bad}; choose from {', '.join(known)}")
 
 
 def _progress(args) -> bool:
@@ -383,7 +422,8 @@ def _progress(args) -> bool:
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("multitask", "engine vs one backbone forward vs naive heads vs T models", _multitask_args, _multitask),
-    Benchmark("accuracy", "digits: bypass vs linear probing vs full fine-tuning (test split)", _accuracy_args,
+    Benchmark("accuracy", "digits: train classify's defaults vs --no-augment vs the previous recipe (accuracy, "
+              "time); an lr x weight-decay sweep of linear probing, bypass, full fine-tuning", _accuracy_args,
               _accuracy),
     Benchmark("train-memory", "peak memory + step time: full FT, Res-Tuning, bypass, cached", _train_memory_args,
               _train_memory),

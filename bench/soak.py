@@ -7,12 +7,15 @@ loop (an operation is due at t0 + k / rate whether or not earlier ones have answ
 - classify (most of the load): every loaded task, or a few of the stable tasks, on one of a pool of distinct
   images (more images than the feature cache holds, so the cache stays full and keeps evicting);
 - upload / delete (the `--write-fraction`): a few churn tuners are uploaded as new versions and deleted again,
-  in turn, through the HTTP API with the admin token, so the server keeps rebuilding its tuner snapshot.
+  in turn, through the HTTP API with the admin token, so the server keeps loading and dropping tuners (with
+  `--fresh-names`, every upload after a delete takes a name never used before).
 
 Every answer that is not the expected 2xx is an error. The server process's RSS (and threads, open files, the
 feature cache's size) is sampled every `--sample-interval` seconds. Memory is judged on the measured part only
-(after warm-up): the peak RSS of its second half may exceed the first half's peak by at most `--rss-tolerance-mb`.
-At the end the tuners the server reports must be the stable ones plus the churn ones currently stored.
+(after warm-up): the least-squares slope of RSS over it, times its length, may be at most `--rss-growth-mb`, and
+its peak may exceed its start by at most `--rss-cap-mb`. Latency: classify p99 of the last window (10 minutes, or a
+third of a shorter run) may be at most `--latency-ratio` times the first's. At the end the tuners the server
+reports must be the stable ones plus the churn ones currently stored.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import asyncio
 import base64
 import os
 import random
+import shlex
 import secrets
 import statistics
 import subprocess
@@ -49,6 +53,7 @@ CLASSIFY, UPLOAD, DELETE = "classify", "upload", "delete"
 @dataclass
 class _Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {CLASSIFY: [], UPLOAD: [], DELETE: []})
+    classify_timed: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, latency)
     errors: Counter = field(default_factory=Counter)  # "classify 503", "upload ReadTimeout", …
     examples: dict[str, str] = field(default_factory=dict)  # first answer of each kind of error
     lateness: list[float] = field(default_factory=list)  # seconds each operation started after it was due
@@ -69,35 +74,61 @@ def _percentiles(values: list[float]) -> dict:
     return {"count": len(ordered), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
 
 
-def _artifacts(backbone, names: list[str], seeds: list[int], num_classes: int = 5) -> dict[tuple[str, int], bytes]:
-    out = {}
-    for name in names:
-        for seed in seeds:
-            bypass = build_bypass(BypassConfig.create(backbone.info, num_classes=num_classes), backbone.embed_dim,
-                                  seed=seed)
-            labels = [f"{name}-{k}" for k in range(num_classes)]
-            out[(name, seed)] = encode_artifact(classification_artifact(name, bypass, labels, backbone, {}))
-    return out
+class _Artifacts:
+    """Artifact bytes per (name, seed): the heads are built once per seed, and encoded once per name."""
+
+    def __init__(self, backbone, seeds: list[int], num_classes: int = 5):
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.heads = {seed: build_bypass(BypassConfig.create(backbone.info, num_classes=num_classes),
+                                         backbone.embed_dim, seed=seed) for seed in seeds}
+        self.cache: dict[tuple[str, int], bytes] = {}
+
+    def get(self, name: str, seed: int, *, keep: bool = True) -> bytes:
+        blob = self.cache.get((name, seed))
+        if blob is None:
+            labels = [f"{name}-{k}" for k in range(self.num_classes)]
+            blob = encode_artifact(classification_artifact(name, self.heads[seed], labels, self.backbone, {}))
+            if keep:
+                self.cache[(name, seed)] = blob
+        return blob
 
 
 class _Churn:
-    """The churn tuners' state as this client knows it; writes go one at a time, in order, so it stays exact."""
+    """The churn tuners' state as this client knows it; writes go one at a time, in order, so it stays exact.
 
-    def __init__(self, names: list[str], blobs: dict[tuple[str, int], bytes], seeds: list[int]):
-        self.names = names
-        self.blobs = blobs
+    Slot i holds one tuner at a time: uploaded (a new version each time: the content alternates), then deleted.
+    With `fresh`, each upload after a delete names the slot's tuner anew (soak-churn-I-gN)."""
+
+    def __init__(self, names: list[str], artifacts: _Artifacts, seeds: list[int], fresh: bool = False):
+        self.slots = list(names)
+        self.artifacts = artifacts
         self.seeds = seeds
+        self.fresh = fresh
+        self.generation = Counter()  # slot -> names used so far (fresh names only)
         self.present: set[str] = set()
         self.uploads = Counter()  # name -> uploads so far (picks the next blob: new content, so a new version)
         self.turn = 0
 
+    def current(self, i: int) -> str:
+        base = self.slots[i]
+        return f"{base}-g{self.generation[i]}" if self.fresh else base
+
     def next_write(self) -> tuple[str, str, bytes | None]:
-        name = self.names[self.turn % len(self.names)]
+        i = self.turn % len(self.slots)
         self.turn += 1
+        name = self.current(i)
         if name in self.present:
             return DELETE, name, None
         seed = self.seeds[self.uploads[name] % len(self.seeds)]
-        return UPLOAD, name, self.blobs[(name, seed)]
+        return UPLOAD, name, self.artifacts.get(name, seed, keep=not self.fresh)
+
+    def deleted(self, name: str) -> None:
+        self.present.discard(name)
+        if self.fresh:
+            i = next(i for i in range(len(self.slots)) if self.current(i) == name)
+            self.generation[i] += 1
+            self.uploads.pop(name, None)
 
 
 async def _drive(url: str, token: str, cfg: SoakConfig, bodies: list[dict], stable: list[str], churn: _Churn,
@@ -129,7 +160,9 @@ async def _drive(url: str, token: str, cfg: SoakConfig, bodies: list[dict], stab
             if wanted is None and not set(stable) <= set(got):
                 stats.error(f"{CLASSIFY} missing stable tasks", f"got {sorted(got)}")
                 return
-            stats.latencies[CLASSIFY].append(time.perf_counter() - start)
+            done = time.perf_counter()
+            stats.latencies[CLASSIFY].append(done - start)
+            stats.classify_timed.append((done - t0, done - start))
 
         async def write() -> None:
             async with writes:
@@ -151,7 +184,7 @@ async def _drive(url: str, token: str, cfg: SoakConfig, bodies: list[dict], stab
                     churn.present.add(name)
                     churn.uploads[name] += 1
                 else:
-                    churn.present.discard(name)
+                    churn.deleted(name)
                 stats.latencies[kind].append(time.perf_counter() - start)
 
         async def run_one(due: float, op) -> None:
@@ -213,39 +246,67 @@ async def _sample_rss(pid: int, url: str, interval: float, stop: asyncio.Event, 
                 pass
 
 
-def _memory_verdict(samples: list[dict], warmup: float, tolerance_mb: float) -> dict:
-    """Steady when the RSS high-water mark stops rising: the second half of the measured run never goes more than
-    `tolerance_mb` above the first half's peak.
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over t."""
+    ts, ys = [t for t, _ in points], [y for _, y in points]
+    mean_t, mean_y = statistics.fmean(ts), statistics.fmean(ys)
+    var_t = sum((t - mean_t) ** 2 for t in ts)
+    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var_t if var_t else 0.0
 
-    A leak keeps raising the peak for as long as the load runs. A burst (a queue that built up while the machine
-    was busy) raises it once, and the allocator keeps those pages afterwards, so RSS steps up and stays flat: that
-    is not a leak, and a comparison of the end against the start would call it one.
+
+def _memory_verdict(samples: list[dict], warmup: float, growth_mb: float, cap_mb: float) -> dict:
+    """Steady when RSS does not trend up after warm-up and never rises far above where it started.
+
+    - growth: the least-squares slope of RSS over the measured run, times the run's length, is at most `growth_mb`.
+      A leak or a creep is a slope, whatever its size, and a slope over the whole run sees it however it is
+      spread; comparing the peaks of two halves did not (a run still climbing passed by 2.5 MiB).
+    - cap: the peak over the measured run is at most `cap_mb` above its start (the median of its first ten
+      samples). One burst (a queue that built up while the machine was busy) raises RSS once and the allocator
+      keeps those pages; a small one passes, a large one is reported.
     """
     measured = [s for s in samples if s["t_s"] >= warmup]
     if len(measured) < 8:
         return {"measured_samples": len(measured), "steady": None,
                 "why": "too few samples after warm-up to judge (run longer or sample more often)"}
-    n = len(measured)
     rss = [s["rss_mb"] for s in measured]
-    first_peak, second_peak = max(rss[: n // 2]), max(rss[n // 2:])
-    second_half = measured[n // 2:]
-    ts = [s["t_s"] for s in second_half]
-    mean_t, mean_r = statistics.fmean(ts), statistics.fmean(rss[n // 2:])
-    var_t = sum((t - mean_t) ** 2 for t in ts)
-    slope = sum((t - mean_t) * (r - mean_r) for t, r in zip(ts, rss[n // 2:])) / var_t if var_t else 0.0
+    span = measured[-1]["t_s"] - measured[0]["t_s"]
+    slope = _slope([(s["t_s"], s["rss_mb"]) for s in measured])  # MiB per second
+    start = statistics.median(rss[:10])
+    half = len(measured) // 2
+    growth = slope * span
     return {
-        "measured_samples": n,
+        "measured_samples": len(measured),
+        "measured_s": round(span, 1),
         "rss_at_warmup_end_mb": rss[0],
+        "rss_start_mb": round(start, 2),
         "rss_end_mb": rss[-1],
         "rss_max_mb": max(rss),
         "feature_cache_end_mb": measured[-1].get("feature_cache_mb"),
-        "first_half_peak_mb": first_peak,
-        "second_half_peak_mb": second_peak,
-        "peak_growth_mb": round(second_peak - first_peak, 2),
-        "second_half_slope_mb_per_min": round(slope * 60, 3),
-        "tolerance_mb": tolerance_mb,
-        "steady": second_peak - first_peak <= tolerance_mb,
+        "slope_mb_per_min": round(slope * 60, 3),
+        "growth_mb": round(growth, 2),
+        "growth_limit_mb": growth_mb,
+        "peak_over_start_mb": round(max(rss) - start, 2),
+        "cap_mb": cap_mb,
+        "second_half_slope_mb_per_min": round(_slope([(s["t_s"], s["rss_mb"]) for s in measured[half:]]) * 60, 3),
+        "steady": growth <= growth_mb and max(rss) - start <= cap_mb,
     }
+
+
+def _latency_verdict(timed: list[tuple[float, float]], warmup: float, duration: float, window: float,
+                     ratio: float) -> dict:
+    """Classify p99 of the measured run's last window against its first: a server that slows down over hours
+    (a growing structure walked per request, fragmentation) shows here before it shows anywhere else."""
+    window = min(window, duration / 3)
+    if window < 60:
+        return {"window_s": round(window, 1), "ok": None, "why": "windows under 60 s are too short to judge p99"}
+    end = warmup + duration
+    first = [lat for t, lat in timed if warmup <= t < warmup + window]
+    last = [lat for t, lat in timed if end - window <= t <= end]
+    if len(first) < 100 or len(last) < 100:
+        return {"window_s": round(window, 1), "ok": None, "why": "too few requests per window to judge p99"}
+    p_first, p_last = _percentiles(first)["p99_ms"], _percentiles(last)["p99_ms"]
+    return {"window_s": round(window, 1), "first_window": _percentiles(first), "last_window": _percentiles(last),
+            "p99_ratio": round(p_last / p_first, 3), "ratio_limit": ratio, "ok": p_last <= ratio * p_first}
 
 
 def _plot(samples: list[dict], warmup: float, path: Path, title: str) -> Path | None:
@@ -281,20 +342,21 @@ def run_soak(cfg: SoakConfig) -> dict:
     stable = [f"soak-stable-{i:02d}" for i in range(cfg.tasks)]
     churn_names = [f"soak-churn-{i}" for i in range(cfg.churn)]
     seeds = [1000, 1001]
-    blobs = _artifacts(backbone, stable + churn_names, seeds)
+    artifacts = _Artifacts(backbone, seeds)
     token = secrets.token_hex(16)
 
     with tempfile.TemporaryDirectory(prefix="restune-soak-") as tmp:
         store_url = cfg.store or f"file://{tmp}/store"
         with open_store(store_url) as store:
-            for name in churn_names:  # a scratch store: start from a known churn state
-                if name in store.latest():
+            for name in store.latest():  # a scratch store: start from a known churn state
+                if name.startswith("soak-churn-"):
                     store.delete(name)
             for name in stable:
-                store.put(blobs[(name, seeds[0])])
+                store.put(artifacts.get(name, seeds[0]))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "restune", "serve", "--backbone", cfg.backbone, "--weights", cfg.weights,
+        launcher = shlex.split(cfg.server_wrapper) if cfg.server_wrapper else [sys.executable]
+        cmd = [*launcher, "-m", "restune", "serve", "--backbone", cfg.backbone, "--weights", cfg.weights,
                "--store", store_url, "--port", str(port), "--device", "cpu", "--log-level", "warning",
                *cfg.server_args]
         log_path = Path(tmp) / "server.log"
@@ -306,7 +368,7 @@ def run_soak(cfg: SoakConfig) -> dict:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
             try:
                 _wait_ready(url, proc, log_path)
-                churn = _Churn(churn_names, blobs, seeds)
+                churn = _Churn(churn_names, artifacts, seeds, fresh=cfg.fresh_names)
 
                 async def main() -> dict:
                     stop = asyncio.Event()
@@ -334,7 +396,9 @@ def run_soak(cfg: SoakConfig) -> dict:
                 stop_server(proc, timeout=30)
         server_log_tail = log_path.read_text(errors="replace")[-3000:]
 
-    memory = _memory_verdict(samples, cfg.warmup, cfg.rss_tolerance_mb)
+    memory = _memory_verdict(samples, cfg.warmup, cfg.rss_growth_mb, cfg.rss_cap_mb)
+    latency = _latency_verdict(stats.classify_timed, cfg.warmup, cfg.duration, cfg.latency_window,
+                               cfg.latency_ratio)
     completed = sum(len(v) for v in stats.latencies.values())
     errors = sum(stats.errors.values())
     late = stats.lateness
@@ -346,6 +410,7 @@ def run_soak(cfg: SoakConfig) -> dict:
             "backbone": cfg.backbone, "weights": cfg.weights, "store": "file (fresh)" if cfg.store is None else "given",
             "duration_s": cfg.duration, "warmup_s": cfg.warmup, "rate_ops_per_s": cfg.rate,
             "write_fraction": cfg.write_fraction, "stable_tuners": cfg.tasks, "churn_tuners": cfg.churn,
+            "fresh_churn_names": cfg.fresh_names, "server_wrapper": cfg.server_wrapper,
             "images": f"{cfg.images} distinct {cfg.image_size}x{cfg.image_size} JPEGs",
             "max_in_flight": cfg.max_in_flight, "sample_interval_s": cfg.sample_interval,
             "server_args": cfg.server_args, "seed": cfg.seed,
@@ -360,6 +425,7 @@ def run_soak(cfg: SoakConfig) -> dict:
         },
         errors={"total": errors, "by_kind": dict(stats.errors), "examples": stats.examples},
         memory=memory,
+        latency=latency,
         rss_samples=samples,
         server={
             "threads_first_last": [samples[0]["threads"], samples[-1]["threads"]] if samples else None,
@@ -369,7 +435,7 @@ def run_soak(cfg: SoakConfig) -> dict:
             "log_tail": server_log_tail if errors or not state_ok else None,
         },
         final_tuners={"expected": sorted(expected), "served": sorted(served), "consistent": state_ok},
-        passed=bool(errors == 0 and state_ok and memory.get("steady") is not False),
+        passed=bool(errors == 0 and state_ok and memory.get("steady") is not False and latency.get("ok") is not False),
     )
     return payload
 
@@ -393,10 +459,17 @@ def soak_result(payload: dict, cfg: SoakConfig) -> BenchResult:
     if mem.get("steady") is None:
         lines.append(f"memory: not judged ({mem['why']})")
     else:
-        lines.append(f"memory: RSS {mem['rss_at_warmup_end_mb']} -> {mem['rss_end_mb']} MiB (max {mem['rss_max_mb']}), "
-                     f"peak second half vs first half {mem['peak_growth_mb']:+} MiB (tolerance {mem['tolerance_mb']}), "
-                     f"second-half slope {mem['second_half_slope_mb_per_min']} MiB/min: "
-                     f"{'steady' if mem['steady'] else 'GROWING'}")
+        lines.append(f"memory: RSS {mem['rss_start_mb']} -> {mem['rss_end_mb']} MiB (max {mem['rss_max_mb']}) over "
+                     f"{mem['measured_s']} s; slope {mem['slope_mb_per_min']} MiB/min = {mem['growth_mb']:+} MiB over "
+                     f"the run (limit {mem['growth_limit_mb']}), peak {mem['peak_over_start_mb']:+} MiB over the start "
+                     f"(cap {mem['cap_mb']}): {'steady' if mem['steady'] else 'GROWING'}")
+    lat = payload["latency"]
+    if lat.get("ok") is None:
+        lines.append(f"latency over time: not judged ({lat['why']})")
+    else:
+        lines.append(f"latency over time: classify p99 first {lat['window_s']:g} s {lat['first_window']['p99_ms']} ms, "
+                     f"last {lat['last_window']['p99_ms']} ms: x{lat['p99_ratio']} (limit x{lat['ratio_limit']}): "
+                     f"{'ok' if lat['ok'] else 'SLOWER'}")
     lines.append(f"tuners at the end: {'as expected' if payload['final_tuners']['consistent'] else payload['final_tuners']}")
     lines.append("PASSED" if payload["passed"] else "FAILED")
     return BenchResult(name, payload, "\n".join(lines), passed=payload["passed"],

@@ -3,10 +3,12 @@
 For each pooling rule, a store of N tuners (N = 5 … 2,000) is served by a real `restune serve` process, beside
 a baseline server holding 5 tuners; the two take turns under the same load (concurrency C, each request naming k
 tasks drawn uniformly or with Zipf popularity, s = 1), so drift in the machine hits both alike. Each N runs
-with a resident budget that holds every tuner, and (for the largest N) with one that holds 10% of them.
+with a resident budget that holds every tuner, and (for the largest N) with one that holds 10% of them: once with the
+rest in the host tier (as S-LoRA keeps every adapter in host memory), once with no host tier (every miss is cold).
 
-Reported: throughput vs the baseline, latency p50/p99, the time a request spent loading tuners that were not
-resident (the cold-miss latency, measured by the server and returned in `timings_ms.tuner_load`), put-to-serving
+Reported: throughput vs the baseline, latency p50/p99, what a miss added to a request's answer (the server returns
+it as `timings_ms.tuner_load`; the load itself, `tuner_load_total`, runs while the image goes through the backbone)
+and the latency of requests that loaded a tuner beside those that did not, put-to-serving
 with N tuners loaded (a new version pushed until a request is answered by it), RSS per resident tuner, start to
 ready, and, in this process, the engine time of 8 requests naming 3 different tasks each vs the same 3.
 """
@@ -74,13 +76,14 @@ def _weight_bytes(head) -> int:
 
 
 class Server:
-    def __init__(self, backbone: str, store_url: str, resident_mb: float, log_dir: Path, cfg: TunersConfig):
+    def __init__(self, backbone: str, store_url: str, resident_mb: float, log_dir: Path, cfg: TunersConfig,
+                 host_cache_mb: float = 0.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         self.cmd = [sys.executable, "-m", "restune", "serve", "--backbone", backbone, "--weights", "random:0",
                     "--store", store_url, "--port", str(self.port), "--device", cfg.device, "--feature-cache-mb", "0",
-                    "--resident-mb", f"{resident_mb:g}", "--host-cache-mb", "0",
+                    "--resident-mb", f"{resident_mb:g}", "--host-cache-mb", f"{host_cache_mb:g}",
                     "--max-batch-size", str(cfg.max_batch_size), "--max-queue-size", str(8 * cfg.concurrency),
                     "--log-level", "warning", *cfg.extra_server_args]
 
@@ -101,21 +104,20 @@ class Server:
                 raise RuntimeError("the server was not ready within 600 s")
             time.sleep(0.05)
 
-    def resident(self) -> int:
-        return httpx.get(f"{self.url}/readyz", timeout=10).json()["resident_tuners"]
-
-    def wait_settled(self, timeout: float = 900) -> int:
-        """Until the start-up warm-up is done (the resident count stops changing); returns that count."""
-        deadline = time.perf_counter() + timeout
-        last, since = -1, time.perf_counter()
+    def wait_settled(self, timeout: float = 900) -> dict:
+        """Until the start-up warm-up is done (resident set, then host tier): a steady server is measured.
+        Returns the tuners resident and in the host tier then, and how long after ready that took."""
+        began = time.perf_counter()
+        deadline = began + timeout
+        body: dict = {}
         while time.perf_counter() < deadline:
-            now = self.resident()
-            if now != last:
-                last, since = now, time.perf_counter()
-            elif time.perf_counter() - since > 3:
-                return now
+            body = httpx.get(f"{self.url}/readyz", timeout=10).json()
+            if body.get("warm_up") == "done":
+                return {"resident": body["resident_tuners"], "host_tier": body["host_tier_tuners"],
+                        "seconds_after_ready": round(time.perf_counter() - began, 2)}
             time.sleep(0.25)
-        raise RuntimeError(f"the warm-up did not settle within {timeout:.0f} s ({last} resident)")
+        raise RuntimeError(f"the warm-up did not finish within {timeout:.0f} s ({body.get('resident_tuners')} "
+                           f"resident, {body.get('host_tier_tuners')} in the host tier)")
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
@@ -197,7 +199,9 @@ async def _window(url: str, requests: list[bytes], concurrency: int, duration: f
                     continue
                 if status == 200:
                     latencies.append(time.perf_counter() - start)
-                    loads.append(json.loads(body)["timings_ms"].get("tuner_load", 0.0))
+                    timings = json.loads(body)["timings_ms"]
+                    # (what the miss added to the answer, what the load took: mostly beside the backbone pass)
+                    loads.append((timings.get("tuner_load", 0.0), timings.get("tuner_load_total")))
                 else:
                     errors[str(status)] = errors.get(str(status), 0) + 1
         finally:
@@ -222,9 +226,12 @@ def _summary(windows: list[dict]) -> dict:
     for w in windows:
         for k, v in w["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    # a request that found every tuner resident spends microseconds in the residency step; one that loaded
-    # spends the load: 1 ms separates them with room on both sides
-    misses = [x for w in windows for x in w["loads"] if x >= 1.0]
+    # a request that found a tuner not resident says how long making it resident took (tuner_load_total) and how
+    # much of that its answer waited for (tuner_load: the load runs while its image goes through the backbone)
+    misses = [added for w in windows for added, total in w["loads"] if total is not None]
+    loads = [total for w in windows for _, total in w["loads"] if total is not None]
+    missed_latency = [lat for w in windows for lat, (_, total) in zip(w["latencies"], w["loads"]) if total is not None]
+    hit_latency = [lat for w in windows for lat, (_, total) in zip(w["latencies"], w["loads"]) if total is None]
     requests = sum(len(w["loads"]) for w in windows)
     return {
         "requests_ok": len(latencies),
@@ -236,6 +243,17 @@ def _summary(windows: list[dict]) -> dict:
         "share_that_loaded": round(len(misses) / requests, 4) if requests else None,
         "cold_miss_added_ms": {p: round(_pct(misses, q), 2) if misses else None
                                for p, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+        "cold_miss_load_ms": {p: round(_pct(loads, q), 2) if loads else None
+                              for p, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+        "latency_ms_of_requests_that_loaded": {p: round(_pct(missed_latency, q) * 1000, 2) if missed_latency else None
+                                               for p, q in (("p50", 0.5), ("p99", 0.99))},
+        "latency_ms_of_requests_that_did_not": {p: round(_pct(hit_latency, q) * 1000, 2) if hit_latency else None
+                                                for p, q in (("p50", 0.5), ("p99", 0.99))},
+        # what a miss costs end to end, the wait above plus its batch running beside the load: the latency of the
+        # requests that loaded minus that of the requests that did not, in the same windows
+        "cold_miss_added_end_to_end_ms": {p: round((_pct(missed_latency, q) - _pct(hit_latency, q)) * 1000, 2)
+                                          if missed_latency and hit_latency else None
+                                          for p, q in (("p50", 0.5), ("p99", 0.99))},
     }
 
 
@@ -254,12 +272,15 @@ def _compare(baseline: Server, server: Server, base_reqs: list[bytes], reqs: lis
             "throughput_vs_n5": round(ratio, 4) if ratio is not None else None}
 
 
+PUT_TIMEOUT_S = 30.0
+
+
 def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, pooling: str, name: str,
                     puts: int, image: bytes) -> dict:
     """Seconds from a store put of a new version until a request naming the tuner is answered by it."""
     store = open_store(store_url)
     labels = [f"c{k}" for k in range(10)]
-    samples = []
+    samples, timed_out = [], 0
     body = {"image": base64.b64encode(image).decode(), "tasks": [name], "top_k": 1}
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(puts):
@@ -272,13 +293,74 @@ def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, p
                 r = client.post("/v1/classify", json=body)
                 if r.status_code == 200 and r.json()["results"][name]["tuner"] == record.ref:
                     break
-                if time.perf_counter() - start > 30:
-                    raise RuntimeError("a new version was not served within 30 s")
+                if time.perf_counter() - start > PUT_TIMEOUT_S:  # counted (at the time waited), not fatal
+                    timed_out += 1
+                    break
                 time.sleep(0.005)
             samples.append(time.perf_counter() - start)
     store.close()
     return {"puts": puts, "p50_s": round(statistics.median(samples), 4), "p99_s": round(_pct(samples, 0.99), 4),
-            "max_s": round(max(samples), 4)}
+            "max_s": round(max(samples), 4), f"not_served_within_{PUT_TIMEOUT_S:.0f}_s": timed_out}
+
+
+def _cold_miss_probes(server: Server, store_url: str, backbone, head_pool: list, pooling: str, hit_name: str,
+                      load: list[bytes], image: bytes, cfg: TunersConfig) -> dict:
+    """What a cold miss adds to its answer, under the request load: new tuners are put in the store (not resident,
+    not in a host tier: their first request reads, validates and builds them); each is asked for at the same
+    moment as a resident tuner, on its own connection, so the two share the server's state and usually one batch.
+    The difference of the pair's latencies is what the miss added."""
+    store = open_store(store_url)
+    labels = [f"c{k}" for k in range(10)]
+    names = [f"cold-{pooling}-{i:03d}" for i in range(cfg.cold_probes)]
+    for i, name in enumerate(names):
+        store.put(encode_artifact(classification_artifact(name, head_pool[(i + 3) % len(head_pool)], labels,
+                                                          backbone, {})))
+    revision = store.revision()
+    store.close()
+    deadline = time.perf_counter() + 60
+    while httpx.get(f"{server.url}/readyz", timeout=10).json()["store_revision"] < revision:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the server did not see the probe tuners within 60 s")
+        time.sleep(0.1)
+    host, port = server.url.removeprefix("http://").split(":")
+    pairs: list[dict] = []
+
+    async def timed(request: bytes) -> tuple[float, dict]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            start = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            status, body = await _read_body(reader)
+            elapsed = time.perf_counter() - start
+        finally:
+            writer.close()
+        if status != 200:
+            raise RuntimeError(f"a probe got {status}: {body[:300]!r}")
+        return elapsed, json.loads(body)["timings_ms"]
+
+    async def probes():
+        await asyncio.sleep(1.0)  # the load is running
+        for name in names:
+            (cold, cold_timings), (hit, _) = await asyncio.gather(timed(_encode(host, int(port), image, [name])),
+                                                                  timed(_encode(host, int(port), image, [hit_name])))
+            pairs.append({"cold_s": cold, "hit_s": hit, "load_ms": cold_timings.get("tuner_load_total")})
+            await asyncio.sleep(0.3)
+
+    async def main():
+        await asyncio.gather(_window(server.url, load, cfg.concurrency, 1.5 + 0.9 * len(names)), probes())
+
+    asyncio.run(main())
+    store = open_store(store_url)
+    for name in names:  # the next runs hold N tuners again
+        store.delete(name)
+    store.close()
+    added = [(p["cold_s"] - p["hit_s"]) * 1000 for p in pairs]
+    loads = [p["load_ms"] for p in pairs if p["load_ms"] is not None]
+    return {"probes": len(pairs), "store": "file" if store_url.startswith("file:") else "redis",
+            "added_ms": {p: round(_pct(added, q), 2) for p, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+            "load_ms": {p: round(_pct(loads, q), 2) for p, q in (("p50", 0.5), ("p99", 0.99))} if loads else None,
+            "pairs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()} for p in pairs]}
 
 
 def _engine_mix(backbone, head_pool: list, cfg: TunersConfig) -> dict:
@@ -338,15 +420,21 @@ def run_tuners_bench(cfg: TunersConfig, *, progress=print) -> dict:
                     _fill(store_url, backbone, heads, pooling, filled, n)
                     filled = n
                     names = [_name(pooling, i) for i in range(n)]
-                    budgets = [("all", 0.0)]
+                    # (label, resident MiB (0: no limit), host cache MiB): every tuner resident; 10% resident with
+                    # the rest in the host tier (S-LoRA keeps every adapter in host memory); 10% resident with no
+                    # host tier, so that every miss reads and validates the artifact from the store (a cold miss)
+                    budgets = [("all", 0.0, 0.0)]
                     if n == max(counts) and cfg.partial_budget:
-                        budgets.append((f"{cfg.partial_budget:.0%}", cfg.partial_budget * n * slot / 2**20))
-                    for label, resident_mb in budgets:
-                        server = Server(cfg.backbone, store_url, resident_mb, root, cfg)
-                        run = {"tuners": n, "budget": label, "resident_mb": round(resident_mb, 3) or "unlimited"}
+                        partial = cfg.partial_budget * n * slot / 2**20
+                        budgets += [(f"{cfg.partial_budget:.0%}", partial, 1.05 * n * slot / 2**20),
+                                    (f"{cfg.partial_budget:.0%}, no host cache", partial, 0.0)]
+                    for label, resident_mb, host_cache_mb in budgets:
+                        server = Server(cfg.backbone, store_url, resident_mb, root, cfg, host_cache_mb)
+                        run = {"tuners": n, "budget": label, "resident_mb": round(resident_mb, 3) or "unlimited",
+                               "host_cache_mb": round(host_cache_mb, 3)}
                         run["start_to_ready_s"] = round(server.start(), 3)
                         try:
-                            run["resident_at_start"] = server.wait_settled()  # measure a steady server
+                            run["settled"] = server.wait_settled()  # measure a steady server
                             if label == "all":
                                 run["rss_mb"] = round(server.rss() / 2**20, 1)
                                 run["baseline_rss_mb"] = round(baseline.rss() / 2**20, 1)
@@ -367,6 +455,10 @@ def run_tuners_bench(cfg: TunersConfig, *, progress=print) -> dict:
                             if label == "all" and cfg.puts:
                                 run["put_to_serving"] = _put_to_serving(server, store_url, backbone, heads, pooling,
                                                                         names[0], cfg.puts, images[0])
+                            if label == "all" and cfg.cold_probes:
+                                progress(f"  {pooling} N={n}: {cfg.cold_probes} cold misses under load")
+                                run["cold_miss"] = _cold_miss_probes(server, store_url, backbone, heads, pooling,
+                                                                     names[0], reqs, images[1 % len(images)], cfg)
                         finally:
                             server.stop()
                         per_pool["runs"].append(run)
@@ -412,16 +504,20 @@ def tuners_result(payload: dict) -> BenchResult:
     for pooling, data in payload["pooling"].items():
         lines.append(f"{pooling} pooling: slot {data['slot_bytes']:,} B, weights {data['weight_bytes']:,} B per tuner")
         for run in data["runs"]:
-            head = (f"  N={run['tuners']:>5} budget {run['budget']:>4}: start-to-ready {run['start_to_ready_s']} s"
+            head = (f"  N={run['tuners']:>5} budget {run['budget']}: start-to-ready {run['start_to_ready_s']} s"
                     + (f", RSS/tuner {run['rss_per_tuner_over_weights']}x weights" if "rss_per_tuner_over_weights"
                        in run else "")
-                    + (f", put-to-serving p99 {run['put_to_serving']['p99_s']} s" if "put_to_serving" in run else ""))
+                    + (f", put-to-serving p99 {run['put_to_serving']['p99_s']} s" if "put_to_serving" in run else "")
+                    + (f", a cold miss added p50/p99 {run['cold_miss']['added_ms']['p50']}/"
+                       f"{run['cold_miss']['added_ms']['p99']} ms" if "cold_miss" in run else ""))
             lines.append(head)
             for mix in run["mixes"]:
                 s = mix["server"]
                 lines.append(f"    k={mix['k']} {mix['popularity']:>7}: {mix['throughput_vs_n5']}x of N=5, "
                              f"p50/p99 {s['latency_ms']['p50']}/{s['latency_ms']['p99']} ms, loaded in "
-                             f"{s['share_that_loaded']} of requests (p99 {s['cold_miss_added_ms']['p99']} ms), "
+                             f"{s['share_that_loaded']} of requests (waited p50/p99 {s['cold_miss_added_ms']['p50']}/"
+                             f"{s['cold_miss_added_ms']['p99']} ms, end to end +{s['cold_miss_added_end_to_end_ms']['p50']}/"
+                             f"+{s['cold_miss_added_end_to_end_ms']['p99']} ms, load p99 {s['cold_miss_load_ms']['p99']} ms), "
                              f"errors {s['errors'] or 'none'}")
     if "engine_mix" in payload:
         e = payload["engine_mix"]

@@ -19,6 +19,7 @@ class TunersConfig:
     image_size: int = 224
     distinct_weights: int = 32  # tuners share these weight sets (their slots are still their own)
     puts: int = 10
+    cold_probes: int = 24  # cold misses timed per N (all resident; each paired with a hit sent at the same moment)
     store: str = "file"  # or a redis:// URL (a scratch database: it is flushed)
     seed: int = 0
     engine_tuners: int = 100

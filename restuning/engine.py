@@ -54,6 +54,21 @@ class Placement:
     tag: object = None  # the caller's note about these weights (a server keeps the tuner's version and labels)
 
 
+@dataclass(frozen=True)
+class PackedHead:
+    """One head's slot content copied out of the engine (a host tier keeps these): putting it back is a copy of
+    a few tensors, without building or packing a module again."""
+
+    layout: SlotLayout
+    content: dict[str, torch.Tensor]
+    num_classes: int
+    tag: object = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.content.values())
+
+
 @dataclass
 class SlotGroup:
     """The slots of one group of heads, and the slots waiting until no reader can still use them."""
@@ -164,6 +179,43 @@ class MultiTaskEngine:
             old = self._where.get(name)
             self._where[name] = Placement(group, slot, head.config.num_classes, next(self._content), tag)
             self._retire(old)
+
+    def export(self, name: str, device: str | torch.device = "cpu") -> PackedHead:
+        """A copy of `name`'s slot, to `put_packed` back later (the engine keeps its own)."""
+        with self._lock:
+            placement = self._where[name]
+            tensors = placement.group.tensors
+            return PackedHead(tensors.layout, tensors.read(placement.slot, device), placement.num_classes,
+                              placement.tag)
+
+    def pack(self, head: ResTuningBypass, *, tag: object = None, device: str | torch.device = "cpu") -> PackedHead | None:
+        """`head` packed as its group's slots hold it now, without placing it: what `put_packed` takes (a host
+        tier fills itself this way at start). None when it has no group yet, or needs a larger layout than its
+        group has: it is built and `put` when it is wanted."""
+        self._check("(packed)", head)
+        layout = layout_of(head, self.backbone.embed_dim)
+        with self._lock:
+            group = self._groups.get(slots.group_key(layout))
+            if group is None or covering(group.layout, layout) != group.layout:
+                return None
+            target = group.layout
+        one = SlotTensors.empty(target, 1, device=device, dtype=self.dtype)
+        one.write(0, head)
+        return PackedHead(target, one.read(0, device), head.config.num_classes, tag)
+
+    def put_packed(self, name: str, packed: PackedHead, *, tag: object = None) -> bool:
+        """Add `name` from an exported slot: one slot is written (copies only), then published. False, and nothing
+        changed, when its group has been laid out anew since the export (the caller builds it again)."""
+        with self._lock:
+            group = self._groups.get(slots.group_key(packed.layout))
+            if group is None or group.layout != packed.layout:
+                return False
+            slot = self._allocate(group, packed.layout)  # the group's own layout: at most more capacity
+            group.tensors.write_copy(slot, packed.content)
+            old = self._where.get(name)
+            self._where[name] = Placement(group, slot, packed.num_classes, next(self._content), tag)
+            self._retire(old)
+            return True
 
     def remove(self, name: str) -> None:
         with self._lock:

@@ -92,8 +92,8 @@ def add_options(parser: argparse.ArgumentParser, config_cls: type, *, exclude: I
         parser.add_argument(flag, **kwargs)
 
 
-def given_options(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
-    """The fields of `config_cls` whose flags were given on the command line."""
-    names = {f.name for f in _fields(config_cls)}
+def given_options(args: argparse.Namespace, config_cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of `config_cls` (except `exclude`, as in `add_options`) whose flags were given on the command line."""
+    names = {f.name for f in _fields(config_cls)} - set(exclude)
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 

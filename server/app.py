@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from server.http import RequestDeadlines
 from server.http_errors import install_error_handlers
 from server.middleware import MetricsMiddleware
 from server.routers import classify, console, generate, health, tuners, v2, v2_repository
@@ -41,6 +42,8 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
+    app.add_middleware(RequestDeadlines, body_timeout_s=settings.body_timeout_s, body_idle_s=settings.body_idle_s,
+                       request_timeout_s=settings.request_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     for resource in (classify, generate, tuners, health, v2, v2_repository, console):
         app.include_router(resource.router(state))

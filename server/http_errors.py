@@ -28,7 +28,7 @@ def error_response(status: int, message: str, headers: dict | None = None, **ext
 
 
 # The error statuses the endpoints document (each answers {"error": …}).
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 415, 422, 503, 507)}
 
 
 def validation_details(exc) -> list[dict]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from restuning.backbones.base import Backbone
-from restuning.engine import MultiTaskEngine
+from restuning.engine import MultiTaskEngine, PackedHead
 from tuner_store.kinds import CLASSIFICATION, DIFFUSION, TunerKind
 
 
@@ -35,6 +35,13 @@ class ServedKind:
     # shared structure such as the engine's slots; the bytes it takes there). `tag` travels with the weights.
     install: Callable[[ServingRuntime, str, object, object], "tuple[object | None, int]"]
     uninstall: Callable[[ServingRuntime, str], None]
+    # what the host tier keeps of a tuner evicted for room (None: nothing, it is fetched and built again), and how
+    # that is put back (the bytes it takes, or None when it no longer fits and must be built from its artifact)
+    keep_evicted: Callable[[ServingRuntime, str], object | None] = lambda runtime, name: None
+    reinstall: Callable[[ServingRuntime, str, object, object], int | None] = lambda runtime, name, kept, tag: None
+    # the same form made from a built module without placing it (the host tier fills itself at start); None: the
+    # host tier keeps the validated artifact instead
+    pack: Callable[[ServingRuntime, object, object], object | None] = lambda runtime, module, tag: None
 
     @property
     def name(self) -> str:
@@ -44,6 +51,14 @@ class ServedKind:
 def _into_engine(runtime: ServingRuntime, name: str, module, tag) -> tuple[None, int]:
     runtime.engine.put(name, module, tag=tag)
     return None, runtime.engine.slot_bytes(name)
+
+
+def _packed_from_engine(runtime: ServingRuntime, name: str) -> PackedHead:
+    return runtime.engine.export(name)
+
+
+def _packed_into_engine(runtime: ServingRuntime, name: str, packed: PackedHead, tag) -> int | None:
+    return runtime.engine.slot_bytes(name) if runtime.engine.put_packed(name, packed, tag=tag) else None
 
 
 def _on_device(runtime: ServingRuntime, name: str, module, tag) -> tuple[object, int]:
@@ -59,6 +74,9 @@ SERVED_KINDS: dict[str, ServedKind] = {
             fingerprint=lambda runtime: runtime.backbone.fingerprint(),
             install=_into_engine,
             uninstall=lambda runtime, name: runtime.engine.remove(name),
+            keep_evicted=_packed_from_engine,
+            reinstall=_packed_into_engine,
+            pack=lambda runtime, module, tag: runtime.engine.pack(module, tag=tag),
         ),
         ServedKind(
             kind=DIFFUSION,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from server.http_errors import METHODS
+
 
 class MetricsMiddleware:
     """As plain ASGI: Starlette's BaseHTTPMiddleware wraps every response in an extra task and stream, which
@@ -29,5 +31,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
+            if method not in METHODS:  # a label value per made-up method would grow without bound
+                method = "other"
             self.metrics.requests.labels(endpoint, method, str(status[0])).inc()
             self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - start)

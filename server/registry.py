@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 
 from server.kinds import SERVED_KINDS, ServingRuntime
 from server.residency import HostCache, LoadedTuner, ResidencyError, ResidentSet
 from tuner_store.artifact import TunerArtifact, backbone_mismatch, decode_artifact
-from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
+from tuner_store.errors import ArtifactError, NotFoundError, StoreError, StoreResetError
 from tuner_store.kinds import build_tuner
 from tuner_store.records import TunerRecord
 
@@ -59,6 +61,21 @@ def artifact_bytes(artifact: TunerArtifact) -> int:
     return sum(t.numel() * t.element_size() for t in artifact.tensors.values())
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A store that could not be read now (unreachable, full, reset) or a version deleted meanwhile: nothing is
+    wrong with the tuner, so it is not recorded as its problem (that would keep it from serving until its next
+    version); the watcher retries the change, and the next request loads it."""
+    return isinstance(exc, StoreError) and not isinstance(exc, ArtifactError)
+
+
+@dataclass(frozen=True)
+class EvictedTuner:
+    """What the host tier keeps of a tuner evicted for room: how it was served, and what its kind kept of it."""
+
+    tuner: LoadedTuner
+    kept: object
+
+
 class Lease:
     """What a request holds while it runs: its tuners stay resident until `release`."""
 
@@ -82,9 +99,11 @@ class TunerRegistry:
         self.runtime = runtime
         self.metrics = metrics
         self.resident = ResidentSet(resident_bytes)
+        self.configured_pins = frozenset(pinned)  # --pin: names pinned whether or not they exist yet
         self.resident.pinned.update(pinned)
         self.host = HostCache(host_cache_bytes)
         self.revision = 0
+        self.epoch: str | None = None  # the store's epoch when the catalog was read (see tuner_store.store)
         self._records: dict[str, TunerRecord] = {}
         self._by_kind: dict[str, dict[str, TunerRecord]] = {kind: {} for kind in SERVED_KINDS}
         self.failures: dict[str, tuple[int, str]] = {}  # name -> (version, why it cannot serve here)
@@ -95,6 +114,11 @@ class TunerRegistry:
         self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
         self.last_error: str | None = None
         self.closed = threading.Event()  # the server is stopping: background loading ends
+        self.warm_up_done = threading.Event()  # the start-up warm-up (resident set, then host tier) has finished
+        # every series exists from the start (at 0), so a scrape before the first sync sees the same set as after
+        self._report_catalog()
+        self._report_residency()
+        self.report_requests()
 
     # -- the catalog ------------------------------------------------------------------------------------
 
@@ -121,6 +145,7 @@ class TunerRegistry:
     def sync(self) -> None:
         """The whole catalog from the store (at start, and when the store lost its history)."""
         with self._apply_lock:
+            epoch = self.store.epoch()  # first: a flush after this shows as another epoch at the next watch
             revision = self.store.revision()
             latest = self.store.latest()
             with self._lock:
@@ -128,8 +153,17 @@ class TunerRegistry:
                 self._by_kind = {kind: {} for kind in SERVED_KINDS}
                 for name, record in latest.items():
                     self._by_kind.setdefault(record.kind, {})[name] = record
-            for stale in [t.name for t in self.resident.items() if t.name not in latest]:
-                self._evict(stale)
+            for tuner in self.resident.items():
+                record = latest.get(tuner.name)
+                if record is None:
+                    self._evict(tuner.name)
+                elif record.version != tuner.version:  # changed while this replica could not follow the log
+                    try:
+                        self._load(record)
+                    except Exception:  # recorded (or transient); the next request tries again
+                        pass
+            self._forget_gone(set(latest))
+            self.epoch = epoch
             self.revision = max(self.revision, revision)
         self._report_catalog()
         log.info("catalog: %s tuners (store revision %d)",
@@ -143,19 +177,26 @@ class TunerRegistry:
                 record = self.store.record(name, "latest")
             except NotFoundError:
                 record = None
+            if record is not None and self._records.get(name) == record and self._holds(record):
+                # applied already: this replica's own write, applied at once, comes back from the change log;
+                # decoding it again would double an upload's work
+                self.revision = max(self.revision, revision)
+                if self.metrics is not None:
+                    self.metrics.store_revision.set(self.revision)
+                return
             self._set_record(name, record)
             self.host.discard(name)
             if record is None:
                 self._evict(name)
-                self.failures.pop(name, None)
-                self.unloaded.discard(name)
+                self._forget(name)
             else:
                 served = self.resident.get(name)
                 if served is not None and served.version != record.version:
                     try:
                         self._load(record)  # the new version into a fresh slot, swapped in
-                    except Exception:  # recorded as the tuner's problem; the old version keeps serving
-                        pass
+                    except Exception as exc:  # recorded as the tuner's problem; the old version keeps serving
+                        if is_transient(exc):
+                            raise  # the store, not the tuner: the watcher applies this change again
                 elif served is None and name not in self.unloaded:
                     self._prefetch(record)
             self.revision = max(self.revision, revision)
@@ -163,15 +204,40 @@ class TunerRegistry:
             self.metrics.store_revision.set(self.revision)
             self.metrics.hotload_seconds.observe(time.perf_counter() - start)
 
+    def _holds(self, record: TunerRecord) -> bool:
+        """This replica has done with this version what applying it does: made it resident, cached it in host
+        memory, or recorded why it cannot serve."""
+        served = self.resident.get(record.name)
+        failure = self.failures.get(record.name)
+        return ((served is not None and served.version == record.version) or self.host.holds(record.name, record.version)
+                or (failure is not None and failure[0] == record.version))
+
+    def _forget_gone(self, present: set[str]) -> None:
+        """What this replica noted about tuners no longer in the store: their problems, unloads and pins (a pin
+        given with --pin stays: it names a tuner that may come). Nothing is kept per deleted name, so tuners
+        created and deleted for months leave no trace."""
+        with self._lock:
+            for name in [n for n in self.failures if n not in present]:
+                del self.failures[name]
+            self.unloaded.intersection_update(present)
+            self.resident.pinned.intersection_update(present | self.configured_pins)
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self.failures.pop(name, None)
+            self.unloaded.discard(name)
+            if name not in self.configured_pins:
+                self.resident.pinned.discard(name)
+
     async def watch_forever(self, *, retry_seconds: float = 1.0) -> None:
         """Apply every store change in order; reconnect from the last revision after an outage."""
         while True:
             try:
-                async for event in self.store.watch(self.revision):
+                async for event in self.store.watch(self.revision, epoch=self.epoch):
                     await asyncio.to_thread(self.apply_change, event.name, event.revision)
             except asyncio.CancelledError:
                 raise
-            except StoreResetError as exc:  # the store lost history (e.g. a Redis without persistence restarted)
+            except StoreResetError as exc:  # the store lost history (restarted empty, flushed, log trimmed past us)
                 log.warning("store reset (%s); reading the whole catalog again", exc)
                 try:
                     self.revision = 0
@@ -206,7 +272,7 @@ class TunerRegistry:
         return True, None
 
     def _fetch(self, record: TunerRecord) -> TunerArtifact:
-        cached = self.host.take(record.name, record.version)
+        cached = self.host.take_if(record.name, record.version, TunerArtifact)
         if cached is not None:
             return cached
         return decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
@@ -219,7 +285,8 @@ class TunerRegistry:
         try:
             artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
         except Exception as exc:
-            self._failed(record, exc)
+            if not is_transient(exc):
+                self._failed(record, exc)
             return
         self.failures.pop(record.name, None)
         self.host.put(record.name, record.version, artifact, artifact_bytes(artifact))
@@ -227,27 +294,75 @@ class TunerRegistry:
 
     def _failed(self, record: TunerRecord, exc: Exception) -> None:
         reason = f"{record.ref} ({record.kind}) cannot serve here: {type(exc).__name__}: {exc}"
-        self.failures[record.name] = (record.version, reason)
+        with self._lock:
+            if record.name not in self._records:  # deleted meanwhile: nothing to note
+                return
+            self.failures[record.name] = (record.version, reason)
         log.warning("tuner %s not loaded, keeping what was serving: %s", record.ref, exc)
         if self.metrics is not None:
             self.metrics.hotload_failures.inc()
+
+    def _make_room(self, nbytes: int, keep: str, deadline: float | None) -> None:
+        """Evict least-recently-used tuners until `nbytes` more fit; what the host tier can keep of them it keeps
+        (an evicted head's packed slot: putting it back is a copy)."""
+        for gone in self.resident.room_for(nbytes, keep=keep, deadline=deadline):
+            served = SERVED_KINDS[gone.kind]
+            kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
+            served.uninstall(self.runtime, gone.name)
+            if kept is not None:
+                self.host.put(gone.name, gone.version, EvictedTuner(gone, kept), getattr(kept, "nbytes", gone.nbytes))
+            if self.metrics is not None:
+                self.metrics.tuner_evictions.inc()
+
+    def _add_resident(self, loaded: LoadedTuner, reserved: int) -> None:
+        """Make a loaded tuner resident, unless it was unloaded or deleted while it loaded: `unload` and a delete
+        mark the name first and evict second, and this adds first and checks second, so one of the two sees the
+        other and the tuner does not stay resident."""
+        self.resident.add(loaded, reserved=reserved)
+        if loaded.name in self.unloaded or loaded.name not in self._records:
+            self._evict(loaded.name)
+
+    def _reinstall(self, record: TunerRecord, deadline: float | None, start: float) -> LoadedTuner | None:
+        """Put back a tuner the host tier kept when it was evicted; None when there is none (or it no longer fits)."""
+        evicted = self.host.take_if(record.name, record.version, EvictedTuner)
+        if evicted is None:
+            return None
+        tuner = evicted.tuner
+        try:
+            self._make_room(tuner.nbytes, record.name, deadline)  # reserved: settled by add() or unreserve()
+        except ResidencyError:  # no room in time: it stays in the host tier for the next try
+            self.host.put(record.name, record.version, evicted, getattr(evicted.kept, "nbytes", tuner.nbytes))
+            raise
+        nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
+                                                     replace(tuner, module=None, nbytes=0))
+        if nbytes is None:
+            self.resident.unreserve(tuner.nbytes)
+            return None
+        loaded = replace(tuner, nbytes=nbytes)
+        self._add_resident(loaded, tuner.nbytes)
+        self.failures.pop(record.name, None)
+        if self.metrics is not None:
+            self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
+        self._report_residency()
+        return loaded
 
     def _load(self, record: TunerRecord, deadline: float | None = None) -> LoadedTuner:
         """Fetch, validate, build and install one version; evicts what must go to make room (waiting for
         requests in flight to let go of theirs until `deadline`)."""
         start = time.perf_counter()
         served = SERVED_KINDS[record.kind]
+        reinstalled = self._reinstall(record, deadline, start)
+        if reinstalled is not None:
+            return reinstalled
         try:
             artifact = self._fetch(record)
             module = build_tuner(artifact)
         except Exception as exc:
-            self._failed(record, exc)
+            if not is_transient(exc):
+                self._failed(record, exc)
             raise
         room = artifact_bytes(artifact)
-        for gone in self.resident.room_for(room, keep=record.name, deadline=deadline):
-            SERVED_KINDS[gone.kind].uninstall(self.runtime, gone.name)
-            if self.metrics is not None:
-                self.metrics.tuner_evictions.inc()
+        self._make_room(room, record.name, deadline)
         try:
             tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
                                 labels=tuple(artifact.labels), created_at=artifact.created_at,
@@ -258,7 +373,7 @@ class TunerRegistry:
             self._failed(record, exc)
             raise
         loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
-        self.resident.add(loaded, reserved=room)
+        self._add_resident(loaded, room)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -301,6 +416,17 @@ class TunerRegistry:
                 self._loading.pop(name, None)
                 self._waiting.discard(name)
             self.report_requests()
+
+    def lease_if_resident(self, names: list[str]) -> Lease | None:
+        """Hold `names` for one request if every one is resident now (a hit), else hold nothing and return None."""
+        names = list(dict.fromkeys(names))
+        if not self.resident.lease_all(names):
+            return None
+        if self.metrics is not None:
+            self.metrics.tuner_hits.inc(len(names))
+        lease = Lease(self, names)
+        self.report_requests()
+        return lease
 
     async def acquire(self, names: list[str], *, timeout: float) -> Lease:
         """Hold `names` resident for one request, loading the missing ones; ResidencyError when that takes
@@ -398,6 +524,49 @@ class TunerRegistry:
             except Exception:  # recorded as its problem; requests will say so
                 continue
 
+    def fill_host_tier(self) -> None:
+        """After `warm_up`: the tuners that are not resident, newest first, into the host tier while it has room
+        (never evicting), each in the form its next miss reinstalls fastest (a packed head: a copy); as S-LoRA
+        keeps every adapter in host memory. Runs at a lower CPU priority than serving."""
+        _lower_this_threads_priority()
+        try:
+            order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+            for record in order:
+                if self.closed.is_set() or self.host.budget <= 0:
+                    return
+                if record.name in self.resident or self.host.holds(record.name, record.version) \
+                        or not self.serves(record.name)[0]:
+                    continue
+                entry = self._host_entry(record)
+                if entry is None:
+                    continue
+                kept, nbytes = entry
+                if self.host.nbytes + nbytes > self.host.budget:
+                    return  # full: the warm-up never evicts what requests put there
+                self.host.put(record.name, record.version, kept, nbytes)
+                if record.name not in self._records:  # deleted meanwhile
+                    self.host.discard(record.name)
+                self._report_residency()
+        finally:
+            self.warm_up_done.set()
+
+    def _host_entry(self, record: TunerRecord) -> tuple[object, int] | None:
+        """(what the host tier keeps of `record`, its bytes): its packed form when its kind has one and its group
+        exists, else the validated artifact; None when it cannot be read now or cannot serve (noted)."""
+        try:
+            artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
+            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
+                                labels=tuple(artifact.labels), created_at=artifact.created_at,
+                                metrics=dict(artifact.metrics), nbytes=0)
+            packed = SERVED_KINDS[record.kind].pack(self.runtime, build_tuner(artifact), tuner)
+        except Exception as exc:
+            if not is_transient(exc):
+                self._failed(record, exc)
+            return None
+        if packed is None:
+            return artifact, artifact_bytes(artifact)
+        return EvictedTuner(replace(tuner, nbytes=packed.nbytes), packed), packed.nbytes
+
     # -- metrics ------------------------------------------------------------------------------------------
 
     def _report_catalog(self) -> None:
@@ -423,3 +592,11 @@ class TunerRegistry:
             budget = self.resident.budget
             self.metrics.set_tuner_requests(sorted(self.resident.leased()), waiting,
                                             "unlimited" if budget is None else str(budget // (1024 * 1024)))
+
+
+def _lower_this_threads_priority(niceness: int = 10) -> None:
+    """Background work yields the CPU to serving (Linux sets a nice value per thread; elsewhere nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass

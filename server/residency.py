@@ -3,8 +3,9 @@
 - `ResidentSet`: tuners placed for serving (classification heads in the engine's slots, style tuners on the
   device), in least-recently-used order. Pinned tuners are never evicted, nor are tuners that a request in
   flight holds (a lease): a batch never loses a head it was promised.
-- `HostCache`: validated artifacts of tuners that are not resident, so that a miss skips the store and the
-  validation. A tuner is in one tier or the other, never both (a resident tuner costs its weights once).
+- `HostCache`: tuners that are not resident, so that a miss skips the store and the validation: validated
+  artifacts (prefetched after a change) and what was kept of tuners evicted for room (a head's packed slot, put
+  back with a copy). A tuner is in one tier or the other, never both (a resident tuner costs its weights once).
 
 The store stays the source of truth; both tiers are caches of it.
 """
@@ -145,22 +146,29 @@ class ResidentSet:
 
 
 class HostCache:
-    """Validated artifacts of non-resident tuners, in LRU order under `budget` bytes; thread-safe."""
+    """Non-resident tuners in LRU order under `budget` bytes (thread-safe): validated artifacts (prefetched after a
+    change), and what was kept of tuners evicted for room (a classification head's packed slot)."""
 
     def __init__(self, budget: int):
         self.budget = budget
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[int, object, int]] = OrderedDict()  # name -> (version, artifact, bytes)
+        self._entries: OrderedDict[str, tuple[int, object, int]] = OrderedDict()  # name -> (version, entry, bytes)
         self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, name: str, version: int):
-        """The cached artifact of exactly this version, removed from the cache (it is about to be resident)."""
+    def holds(self, name: str, version: int) -> bool:
         with self._lock:
             entry = self._entries.get(name)
-            if entry is None or entry[0] != version:
+            return entry is not None and entry[0] == version
+
+    def take_if(self, name: str, version: int, kind: type):
+        """What is cached of exactly this version, if it is a `kind` (a validated artifact, or what was kept of an
+        evicted tuner), removed from the cache (it is about to be resident)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry[0] != version or not isinstance(entry[1], kind):
                 return None
             del self._entries[name]
             self.nbytes -= entry[2]

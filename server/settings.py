@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tuner_store.store import DEFAULT_LOG_KEEP
+
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
@@ -40,8 +42,8 @@ class ServerSettings(BaseSettings):
     feature_cache_mb: float = Field(256.0, ge=0, description="feature cache size in MiB (0 disables it)")
     resident_mb: float = Field(1024.0, ge=0, description="byte budget of the tuners resident for serving, in MiB "
                                "(least recently used ones are evicted; 0: no limit)")
-    host_cache_mb: float = Field(256.0, ge=0, description="byte budget of validated artifacts of tuners that are "
-                                 "not resident, in MiB (0: none)")
+    host_cache_mb: float = Field(256.0, ge=0, description="byte budget of tuners that are not resident (validated "
+                                 "artifacts, and packed heads: of tuners evicted for room, and filled in at start), in MiB (0: none)")
     pin: Annotated[list[str], NoDecode] = Field(default_factory=list, description="a tuner that is never evicted and is the default task "
                            "set once more than 64 tuners are stored (repeatable)")
     miss_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its tuners to load "
@@ -61,7 +63,20 @@ class ServerSettings(BaseSettings):
                                                     "(the cores)")
     demo_if_empty: bool = Field(False, description="when the store holds no tuners, train and push the 19 demo "
                                                    "tuners first")
+    store_timeout_s: float = Field(5.0, gt=0, le=300, description="longest a store call may take: a Redis that "
+                                   "hangs makes uploads, deletes and tuner reads answer 503 after this long")
+    change_log_keep: int = Field(DEFAULT_LOG_KEEP, ge=1, description="revisions the store's change log keeps when "
+                                 "this server writes (a replica further behind reads the whole catalog again)")
+    max_concurrent_uploads: int = Field(2, ge=1, description="tuner uploads read and validated at once; more get "
+                                        "503 with Retry-After (each may hold a few times --max-upload-mb)")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this many seconds "
+                                  "in all (else 408)")
+    body_idle_s: float = Field(10.0, gt=0, description="and with no pause longer than this (else 408)")
+    request_timeout_s: float = Field(300.0, gt=0, description="a request not answered within this many seconds "
+                                     "gets 503")
     log_level: str = Field("info", description="uvicorn log level")
+    malloc_trim_interval_s: float = Field(60.0, ge=0, description="every this many seconds, give the memory the C "
+                                          "allocator keeps after frees back to the OS (glibc malloc_trim; 0: never)")
     # SIGTERM (what Kubernetes and `docker stop` send) drains instead of stopping at once; see server/shutdown.py
     drain_delay_s: float = Field(2.0, ge=0, le=300, description="after SIGTERM, /readyz answers 503 and new "
                                  "connections are still served this long, so load balancers move away first")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 
 from restuning import kernels
@@ -18,10 +19,12 @@ from server.batcher import DynamicBatcher
 from server.feature_cache import FeatureCache
 from server.generation import GenerationService
 from server.kinds import ServingRuntime
+from server.memory import trim_allocator
 from server.metrics import ServerMetrics
 from server.registry import TunerRegistry
 from server.runner import ClassifyRunner
 from server.settings import ServerSettings
+from server.uploads import upload_executor
 from tuner_store.kinds import CLASSIFICATION
 from tuner_store.urls import open_store
 
@@ -63,6 +66,7 @@ class ServerState:
     synced: bool = False  # the tuners have been read from the store once (readiness waits for it)
     draining: bool = False  # SIGTERM received: readiness says 503 (server/shutdown.py)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    uploads: object = field(default_factory=upload_executor)  # the upload thread (server/uploads.py)
 
     async def start(self) -> None:
         s = self.settings
@@ -84,7 +88,7 @@ class ServerState:
         if info.weights.startswith("random"):
             log.warning("the backbone has RANDOM weights (%s): fine for demos and tests, not for real images", info.weights)
         if self.store is None:
-            self.store = open_store(s.store)
+            self.store = open_store(s.store, log_keep=s.change_log_keep, timeout=s.store_timeout_s)
         self.preprocessor = ImagePreprocessor(info)
         if s.diffusion_model:
             self.generator = await run_on_passing_thread(GenerationService.load, s, device, dtype, threads=threads)
@@ -117,10 +121,17 @@ class ServerState:
         )
         self.batcher.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.registry.watch_forever(), name="restune-watch"))
-        # Ready now; tuners become resident on their first request, and meanwhile pinned then newest in the back.
-        self._tasks.append(asyncio.get_running_loop().create_task(asyncio.to_thread(self.registry.warm_up),
-                                                                  name="restune-warm-up"))
+        if s.malloc_trim_interval_s:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._trim_forever(s.malloc_trim_interval_s),
+                                                                      name="restune-malloc-trim"))
+        # Ready now; tuners become resident on their first request, and meanwhile pinned then newest in the back,
+        # then the host tier fills (on its own thread: it lowers its CPU priority, a pool thread must not).
+        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="restune-warm-up"))
         self.ready = True
+
+    async def _warm_up(self) -> None:
+        await asyncio.to_thread(self.registry.warm_up)
+        threading.Thread(target=self.registry.fill_host_tier, name="restune-host-tier", daemon=True).start()
 
     async def _sync_once(self, retry_seconds: float = 1.0) -> None:
         """Retry the initial full load until it succeeds: until then the replica is not ready, since one that
@@ -132,6 +143,13 @@ class ServerState:
                 self.synced = True
             except Exception:  # still away; the watcher logs the store's state
                 pass
+
+    async def _trim_forever(self, interval: float) -> None:
+        """Give freed memory back to the OS now and then (server.memory explains why)."""
+        while True:
+            await asyncio.sleep(interval)
+            if not await asyncio.to_thread(trim_allocator):
+                return
 
     async def stop(self) -> None:
         self.ready = False
@@ -149,5 +167,6 @@ class ServerState:
             await self.batcher.stop()
         if self.generator is not None:
             await self.generator.stop()
+        self.uploads.shutdown(wait=False, cancel_futures=True)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()

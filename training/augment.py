@@ -11,6 +11,13 @@ Without a cache, epoch e uses view e (a fresh draw each epoch); with `--cache-vi
 view e mod K. The crop is cut from the decoded image, then `ImagePreprocessor` resizes it to the
 backbone's input size exactly as the server does with a whole image; validation and test use the
 whole image (view None), which is what serving sees.
+
+Policy (`choose_augmentation`): `on` crops/flips wherever every task's labels allow it, `off` never, and
+`auto` (the default) does what `on` does unless the source images are low-resolution (median shorter
+side under LOW_RES_SIDE pixels), where it uses none: a crop of an 8 or 32 px digit, blown up to the
+backbone's 224 px input, loses strokes and blurs what is left, and `restune bench accuracy` measures what
+that costs (docs/benchmarks.md). 128 px, about half a 224 px input, keeps the paper's crop + flip for
+photographs.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from PIL import Image
 
 from restuning.preprocess import ImagePreprocessor
 from training.data import ImageSet
+from training.train_config import AUGMENT_MODES, LOW_RES_SIDE
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,27 @@ class Augmentation:
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image
+
+
+def choose_augmentation(mode: str, images: ImageSet, *, crop_scale: float, seed: int) -> tuple[Augmentation, str]:
+    """The augmentation a run trains with, and a one-line reason for the log and the run's notes."""
+    if mode not in AUGMENT_MODES:
+        raise ValueError(f"unknown augmentation mode {mode!r}; choose one of {', '.join(AUGMENT_MODES)}")
+    scale = (max(crop_scale, images.min_crop_scale), 1.0)
+    none = Augmentation(crop=False, flip=False, scale=scale, seed=seed)
+    if mode == "off":
+        return none, "augmentation: off (--augment off / --no-augment)"
+    if mode == "auto":
+        side = images.source_side()
+        if side < LOW_RES_SIDE:
+            return none, (f"augmentation: none (auto: the training images are {side} px on the shorter side, "
+                          f"under {LOW_RES_SIDE} px; --augment on forces crop/flip)")
+    chosen = Augmentation(crop=images.crop_ok, flip=images.flip_ok, scale=scale, seed=seed)
+    kept = [name for name, used in (("crop", chosen.crop), ("flip", chosen.flip)) if used]
+    why = f"augmentation: {' + '.join(kept) if kept else 'none'} ({mode}"
+    if len(kept) < 2:
+        why += "; a " + " or a ".join(n for n in ("crop", "flip") if n not in kept) + " would change a task's labels"
+    return chosen, why + ")"
 
 
 class ViewDataset(torch.utils.data.Dataset):

@@ -22,7 +22,8 @@ from training.distributed import DistInfo, init_distributed, resolve_device
 from training.methods import SERVABLE_METHODS, MethodSpec, build_model, trainable_state
 from training.push import check_target, push_artifact
 from training.sources import resolve_data
-from training.trainer import Trainer, TrainResult, TrainSettings, majority_rate
+from training.train_config import TrainSettings
+from training.trainer import Trainer, TrainResult, majority_rate
 from tuner_store.artifact import classification_artifact, name_problems, write_artifact
 from tuner_store.fsutil import atomic_write_bytes
 
@@ -105,8 +106,9 @@ def metrics_for(task: str, result: TrainResult, splits: Splits, pool: ImageSet, 
         method=opts.spec.method, epochs=result.epochs_completed, data_fingerprint=pool.fingerprint(),
         data=opts.data, num_train=len(splits.train), num_val=len(splits.val) if splits.val is not None else 0,
         num_test=len(splits.test) if splits.test is not None else 0, unreadable_images=len(pool.unreadable),
-        lr=opts.train.learning_rate, batch_size=opts.train.batch_size, seed=opts.train.seed,
+        lr=opts.train.learning_rate, weight_decay=opts.train.weight_decay, batch_size=opts.train.batch_size, seed=opts.train.seed,
         feature_cache=opts.train.feature_cache, trainable_params=result.trainable_params,
+        augmentation=result.recipe.get("augmentation"), head_init=result.recipe.get("head_init"),
     )
     column = splits.train.task_names.index(task)
     m["chance_accuracy"] = majority_rate(splits.test or splits.val or splits.train, column)

@@ -15,6 +15,8 @@ from pathlib import Path
 from restuning.cli_types import positive_int
 from restuning.commands import add_tuner_structure_args
 from restuning.errors import ConfigError
+from restuning.options import add_options, given_options
+from training.train_config import NOT_FLAGS, TrainSettings
 from tuner_store.urls import open_store
 
 log = logging.getLogger(__name__)
@@ -41,37 +43,18 @@ def register(groups, *, diffusion_demo=None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out (0.1; 0: none)")
     p.add_argument("--backbone", default="vit_tiny_patch16_224")
     p.add_argument("--weights", default="auto", help="pretrained | random | random:SEED | auto | FILE.safetensors")
-    p.add_argument("--method", default="bypass", help="bypass | linear | full | restuning")
+    add_options(p, TrainSettings, exclude=NOT_FLAGS)
+    p.add_argument("--no-augment", action="store_true", help="the same as --augment off")
     add_tuner_structure_args(p)
     p.add_argument("--mha", default="adapter", help="restuning: tuner beside MHA (adapter|prefix|prompt|none)")
     p.add_argument("--ffn", default="adapter", help="restuning: tuner beside FFN")
     p.add_argument("--block", default="none", help="restuning: tuner beside the whole block")
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=32, help="per process under torchrun (32)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="base learning rate (default: bypass 0.01, linear 0.05, restuning 0.005, full 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up (default: 10%% of --epochs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true", help="no RandomResizedCrop / flip")
-    p.add_argument("--crop-scale", type=float, default=0.35, help="smallest RandomResizedCrop area (0.35)")
-    p.add_argument("--feature-cache", action="store_true",
-                   help="extract backbone features once per view and train every epoch from them (bypass, linear)")
-    p.add_argument("--cache-views", type=positive_int, default=4,
-                   help="augmented views cached; epoch e trains on view e mod K (4)")
-    p.add_argument("--cache-dir", default=None, help="keep the cache on disk here (reused by later runs); "
-                                                      "default: in memory")
-    p.add_argument("--cache-max-gb", type=float, default=4.0, help="size limit of the cache (4)")
-    p.add_argument("--cache-dtype", default="float32", help="float32 (exact) or float16 (half the size)")
     p.add_argument("--name", default=None, help="tuner name (default: from the folder, CSV or task name)")
     p.add_argument("--out", default=None, help="artifact file (default: ./NAME.safetensors)")
     p.add_argument("--push", default=None, metavar="URL",
                    help="push the tuner: a store URL (file://…, redis://…, a path) or a server URL (http[s]://…; "
                         "uses $RESTUNE_ADMIN_TOKEN)")
-    p.add_argument("--checkpoint-dir", default=None, help="where epoch checkpoints go (default: checkpoints/NAME next to --out, "
-                                                                "else in the current directory)")
     p.add_argument("--no-checkpoints", action="store_true", help="do not write epoch checkpoints")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue from a checkpoint directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_run_args(p)
     p.set_defaults(handler=_train_classify)
@@ -118,26 +101,24 @@ def _train_classify(args) -> int:
     from training.data import sanitize_name
     from training.distributed import resolve_device
     from training.methods import MethodSpec
-    from training.trainer import TrainSettings
 
     device = resolve_device(args.device)
-    spec = MethodSpec(method=args.method, horizontal=args.horizontal, vertical=args.vertical, dim=args.dim,
-                      layers=args.layers, pooling=args.pooling, mha=args.mha, ffn=args.ffn, block=args.block)
+    given = given_options(args, TrainSettings, exclude=NOT_FLAGS)
+    if args.no_augment:
+        if given.get("augment", "off") != "off":
+            raise ConfigError(f"--no-augment contradicts --augment {given['augment']}; give one of them")
+        given["augment"] = "off"
     name_hint = args.name or sanitize_name(args.data.removeprefix("builtin:").rstrip("/").split("/")[-1]
                                            .removesuffix(".csv"))
     # Checkpoints sit next to the artifact (--out's directory), else under ./checkpoints.
     default_dir = (Path(args.out).parent if args.out else Path(".")) / "checkpoints" / name_hint
-    checkpoint_dir = None if args.no_checkpoints else (args.checkpoint_dir or args.resume or str(default_dir))
     if args.resume and args.no_checkpoints:
         raise ConfigError("--resume continues writing checkpoints; drop --no-checkpoints")
-    settings = TrainSettings(
-        method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed,
-        augment=not args.no_augment, crop_scale=args.crop_scale, feature_cache=args.feature_cache,
-        cache_views=args.cache_views, cache_dir=args.cache_dir, cache_max_gb=args.cache_max_gb,
-        cache_dtype=args.cache_dtype, device=device, workers=_workers(args, device),
-        progress=not args.no_progress and sys.stderr.isatty(), checkpoint_dir=checkpoint_dir, resume=args.resume,
-    )
+    given["checkpoint_dir"] = None if args.no_checkpoints else (args.checkpoint_dir or args.resume or str(default_dir))
+    settings = TrainSettings(**given, device=device, workers=_workers(args, device),
+                             progress=not args.no_progress and sys.stderr.isatty())
+    spec = MethodSpec(method=settings.method, horizontal=args.horizontal, vertical=args.vertical, dim=args.dim,
+                      layers=args.layers, pooling=args.pooling, mha=args.mha, ffn=args.ffn, block=args.block)
     opts = ClassifyOptions(data=args.data, backbone=args.backbone, weights=args.weights, spec=spec, train=settings,
                            name=args.name, out=args.out, push=args.push, val_data=args.val_data,
                            val_fraction=args.val_fraction)

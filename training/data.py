@@ -102,6 +102,25 @@ class ImageSet:
         except (InputError, OSError) as exc:
             raise DataError(f"{path} was readable when the data was scanned but not now: {exc}") from None
 
+    def source_side(self, sample: int = 64) -> int:
+        """Median shorter side, in pixels, of the stored images (an evenly spaced sample of at most `sample`).
+
+        Reads only file headers: the augmentation policy needs the resolution before anything is decoded.
+        """
+        if len(self) == 0:
+            return 0
+        if self.arrays is not None:
+            return int(min(self.arrays.shape[1:3]))
+        picks = np.unique(np.linspace(0, len(self) - 1, num=min(sample, len(self))).round().astype(np.int64))
+        sides = []
+        for i in picks:
+            try:
+                with Image.open(self.paths[i]) as image:
+                    sides.append(min(image.size))
+            except OSError:
+                continue  # scanned as readable, gone now: training will say so when it reaches it
+        return int(np.median(sides)) if sides else 0
+
     def subset(self, indices) -> "ImageSet":
         indices = np.asarray(indices, dtype=np.int64)
         return replace(

@@ -1,14 +1,15 @@
 """`restune demo`: train the 19 demo tuners (training.demo_tasks) and push them into a store.
 
 One backbone, four image sets. For each set the frozen backbone runs once over its images (the feature
-cache; no augmentation applies because every set has a task whose label a flip or crop would change),
-then one bypass head per task trains from the cache in the same pass (summed losses), and each head
+cache; no augmentation applies: every set but the digits has a task whose label a flip or crop would
+change, and the digits are 8 px images, which `--augment auto` trains without), then one bypass head per
+task starts from a linear probe and trains from the cache in the same pass (summed losses), and each head
 becomes a tuner artifact. Defaults are sized to finish in about 5 minutes on 2 CPU cores with
 vit_tiny_patch16_224:
 
     digits   1,000 train (10 % of it held out for validation), 500 test
     sprites, clevr, norb   800 train (10 % validation), 300 test each
-    25 epochs, batch 32, bypass H + V adapters, dim 10, every layer, lr 0.01
+    25 epochs, batch 32, bypass H + V adapters, dim 10, every layer, lr 0.001 (train classify's default)
 
 That is 4,800 backbone forwards in all; training from the cached class tokens is cheap by comparison.
 """
@@ -23,7 +24,8 @@ from training import demo_tasks
 from training.data import make_splits
 from training.distributed import resolve_device
 from training.methods import MethodSpec, build_model
-from training.trainer import Trainer, TrainSettings, majority_rate
+from training.train_config import DEFAULT_LR, TrainSettings
+from training.trainer import Trainer, majority_rate
 from tuner_store.artifact import classification_artifact
 from tuner_store.urls import DEFAULT_STORE_URL, open_store
 
@@ -39,7 +41,7 @@ class DemoSizes:
     epochs: int = 25
     batch_size: int = 32
     val_fraction: float = 0.1
-    lr: float = 0.01
+    lr: float = DEFAULT_LR["bypass"]
 
     @classmethod
     def uniform(cls, train: int, test: int, **kwargs) -> "DemoSizes":

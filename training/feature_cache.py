@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from restuning.backbones.base import Backbone
 from training.augment import ViewDataset
 from training.distributed import DistInfo
+from training.train_config import CACHE_DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
-CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+CACHE_DTYPES = {name: getattr(torch, name) for name in CACHE_DTYPE_NAMES}
+_NP_DTYPES = {name: getattr(np, name) for name in CACHE_DTYPE_NAMES}
 MANIFEST = "manifest.json"
 
 

@@ -29,9 +29,8 @@ from restuning.backbones.base import POOLINGS, Backbone
 from restuning.bypass import BypassConfig, ResTuningBypass, build_bypass
 from restuning.errors import ConfigError, choices
 from restuning.res_tuning import ResTuningConfig, ResTuningViT
+from training.train_config import FEATURE_METHODS, METHODS
 
-METHODS: tuple[str, ...] = ("bypass", "linear", "full", "restuning")
-FEATURE_METHODS: tuple[str, ...] = ("bypass", "linear")  # frozen backbone, cacheable features
 SERVABLE_METHODS: tuple[str, ...] = ("bypass", "linear")
 LINEAR_LAMBDA_LOGIT = 40.0  # sigmoid(40) == 1.0 exactly in float32 and float64
 
@@ -119,6 +118,10 @@ class FeatureHeads(nn.Module):
 
     def forward(self, tokens: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
         return {name: head.forward_selected(tokens, self.backbone) for name, head in zip(self.task_names, self.heads)}
+
+    def pooled(self, tokens: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """What each task's Linear head reads: pool(final_norm(b_L)), [B, D] (the linear probe's input)."""
+        return {name: self.backbone.pool(head.bypass(tokens)) for name, head in zip(self.task_names, self.heads)}
 
 
 class FullFineTune(nn.Module):

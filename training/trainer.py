@@ -3,7 +3,9 @@ from the feature cache, any number of tasks on the same images), full fine-tunin
 
 Recipe (paper appendix C.3, Table 10): AdamW, weight decay 0.05, batch 32, cosine decay after a linear
 warm-up (10 % of the epochs by default, as 10 of 100 in Table 10), RandomResizedCrop + horizontal flip
-where every task's labels allow them. Each epoch ends with a validation pass and a checkpoint.
+where every task's labels allow them and the images are not low-resolution (`training.augment`). Feature
+heads (bypass, linear) start from a linear probe fitted on their initial features (`training.probe`).
+Each epoch ends with a validation pass and a checkpoint.
 
 Determinism: the epoch order comes from DistributedSampler (seed + epoch), each image's augmentation from
 its own (seed, index, view) generator, the heads' initialisation from the seed; a run resumed from a
@@ -26,15 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from restuning.backbones.base import Backbone
-from restuning.checks import is_positive_int
-from restuning.errors import ConfigError, choices
+from restuning.errors import ConfigError
 from restuning.preprocess import ImagePreprocessor
-from training.augment import Augmentation, ViewDataset
+from training.augment import ViewDataset, choose_augmentation
 from training.checkpoint import load_checkpoint, restore, save_checkpoint
 from training.data import ImageSet, Splits
 from training.distributed import DistInfo
 from training.feature_cache import (
-    CACHE_DTYPES,
     CacheLayout,
     FeatureCache,
     build_feature_cache,
@@ -43,80 +43,15 @@ from training.feature_cache import (
     select_tokens,
 )
 from training.methods import (
-    FEATURE_METHODS,
-    METHODS,
     FeatureHeads,
     count_trainable,
     trainable_parameters,
     trainable_state,
 )
+from training.probe import fit_linear_probe
+from training.train_config import TrainSettings
 
 log = logging.getLogger(__name__)
-
-# Learning rates from Table 10's range {0.05, 0.01, 0.005, 0.001}; full fine-tuning updates a whole ViT,
-# which needs a far smaller step than a fresh head or tuner.
-DEFAULT_LR = {"bypass": 0.01, "linear": 0.05, "restuning": 0.005, "full": 1e-4}
-
-
-@dataclass
-class TrainSettings:
-    method: str = "bypass"
-    epochs: int = 10
-    batch_size: int = 32  # per process under torchrun
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    weight_decay: float = 0.05
-    warmup_epochs: float | None = None  # None: 10 % of the epochs
-    seed: int = 0
-    augment: bool = True
-    crop_scale: float = 0.35  # smallest crop area fraction of RandomResizedCrop
-    feature_cache: bool = False
-    cache_views: int = 4
-    cache_dir: str | None = None
-    cache_max_gb: float = 4.0
-    cache_dtype: str = "float32"
-    device: str = "cpu"
-    workers: int = 0
-    eval_batch_size: int | None = None
-    progress: bool = True
-    log_epochs: bool = True  # one log line per epoch (the demo turns it off: 19 tasks, 4 sets)
-    checkpoint_dir: str | None = None
-    resume: str | None = None
-
-    def problems(self) -> list[str]:
-        p = []
-        if self.method not in METHODS:
-            p.append(f"unknown method {self.method!r}; choose one of {choices(METHODS)}")
-        for key in ("epochs", "batch_size", "cache_views"):
-            value = getattr(self, key)
-            if not is_positive_int(value):
-                p.append(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
-            p.append(f"lr must be a number in (0, 10), got {self.lr!r}")
-        if not (0 <= self.weight_decay < 1):
-            p.append(f"weight-decay must be in [0, 1), got {self.weight_decay!r}")
-        if self.warmup_epochs is not None and not (0 <= self.warmup_epochs <= self.epochs):
-            p.append(f"warmup-epochs must be between 0 and the epochs ({self.epochs}), got {self.warmup_epochs!r}")
-        if not (0 < self.crop_scale <= 1):
-            p.append(f"crop-scale must be in (0, 1], got {self.crop_scale!r}")
-        if not self.cache_max_gb > 0:
-            p.append(f"cache-max-gb must be positive, got {self.cache_max_gb!r}")
-        if self.cache_dtype not in CACHE_DTYPES:
-            p.append(f"unknown cache dtype {self.cache_dtype!r}; choose one of {choices(CACHE_DTYPES)}")
-        if self.feature_cache and self.method not in FEATURE_METHODS:
-            p.append(f"--feature-cache needs a frozen backbone: methods {', '.join(FEATURE_METHODS)}, "
-                     f"not {self.method!r} (its backbone weights change every step)")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            p.append(f"workers must be an integer >= 0, got {self.workers!r}")
-        return p
-
-    @property
-    def learning_rate(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 0.01))
-
-    @property
-    def warmup(self) -> float:
-        return 0.1 * self.epochs if self.warmup_epochs is None else float(self.warmup_epochs)
-
 
 @dataclass
 class TrainResult:
@@ -130,6 +65,7 @@ class TrainResult:
     trainable_params: int = 0
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    recipe: dict = field(default_factory=dict)  # what the run's defaults resolved to (augmentation, head init)
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -190,10 +126,8 @@ class Trainer:
         }
         pre = ImagePreprocessor(backbone.info)
         train = splits.train
-        self.augmentation = Augmentation(
-            crop=settings.augment and train.crop_ok, flip=settings.augment and train.flip_ok,
-            scale=(max(settings.crop_scale, train.min_crop_scale), 1.0), seed=settings.seed,
-        )
+        self.augmentation, self.augmentation_note = choose_augmentation(
+            settings.augment, train, crop_scale=settings.crop_scale, seed=settings.seed)
         self.datasets = {"train": ViewDataset(train, pre, self.augmentation)}
         for name in ("val", "test"):
             data = getattr(splits, name)
@@ -203,7 +137,8 @@ class Trainer:
         self.caches: dict[str, FeatureCache] = {}
         self.cache_views = 0
         self._given_caches = caches  # features another trainer extracted from the same splits (bench sweeps)
-        self.notes: list[str] = []
+        self.notes: list[str] = [self.augmentation_note]
+        self.probe: list[dict] | None = None  # the linear-probe fits, once fit() has run them
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -217,6 +152,7 @@ class Trainer:
             "epochs": s.epochs, "batch_size": s.batch_size, "lr": self.settings.learning_rate,
             "weight_decay": s.weight_decay, "warmup_epochs": s.warmup, "seed": s.seed,
             "augmentation": self.augmentation.to_json() if self.augmentation.enabled else None,
+            "head_init": s.head_init if self.features else None,
             "feature_cache": s.feature_cache, "cache_views": s.cache_views if s.feature_cache else None,
             "world_size": self.dist.world_size,
         }
@@ -252,8 +188,7 @@ class Trainer:
             log.warning(note)
             self.notes.append(note)
         if not self.augmentation.enabled and s.cache_views > 1:
-            why = "--no-augment" if not s.augment else "no crop or flip keeps these tasks' labels"
-            self.notes.append(f"feature cache: one view extracted, there is no augmentation ({why})")
+            self.notes.append("feature cache: one view extracted, there is no augmentation")
         self.cache_views = views
         start = time.perf_counter()
         common = dict(batch_size=self.eval_batch_size, device=self.device, dist=self.dist, workers=s.workers,
@@ -367,6 +302,54 @@ class Trainer:
         module.train(was_training)
         return stats.result(self.dist)
 
+    # -- head initialisation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _pooled(self, split: str, view) -> dict[str, torch.Tensor]:
+        """Every head's Linear input for every image of `split` in `view`: {task: [N, D] float64 on the CPU}."""
+        n = len(self.datasets[split])
+        out = {task: torch.zeros(n, self.backbone.embed_dim, dtype=torch.float64, device=self.device)
+               for task in self.tasks}
+        was_training = self.model.training
+        self.model.eval()
+        indices = list(range(self.dist.rank, n, self.dist.world_size))
+        for idx, inputs in self._batches(split, indices, view, self.eval_batch_size):
+            for task, pooled in self.model.pooled(inputs).items():
+                out[task][idx.to(self.device)] = pooled.to(torch.float64)
+        self.model.train(was_training)
+        for tensor in out.values():
+            self.dist.all_reduce_sum(tensor)  # disjoint shards, zeros elsewhere: the sum holds every image
+        return {task: tensor.cpu() for task, tensor in out.items()}
+
+    @torch.no_grad()
+    def probe_heads(self) -> list[dict]:
+        """Set every feature head's Linear layer to a linear probe of its initial features (training.probe).
+
+        The training images are read in epoch 0's view; the L2 strength is chosen on the validation split.
+        Deterministic, and identical on every rank (the features are gathered before the fit).
+        """
+        train = self._pooled("train", self.view_for_epoch(0))
+        val = self._pooled("val", None) if "val" in self.datasets else None
+        fits = []
+        for task, head in zip(self.model.task_names, self.model.heads):
+            fit = fit_linear_probe(train[task], self.targets["train"][task], head.head.out_features,
+                                   val_x=None if val is None else val[task],
+                                   val_y=None if val is None else self.targets["val"][task])
+            head.head.weight.copy_(fit.weight.to(head.head.weight.device))
+            head.head.bias.copy_(fit.bias.to(head.head.bias.device))
+            fits.append({"task": task, "l2": fit.l2, "train_accuracy": fit.train_accuracy,
+                         "val_accuracy": fit.val_accuracy, "candidates": fit.candidates})
+        if len(fits) == 1:
+            f = fits[0]
+            val_text = f", val {f['val_accuracy']:.4f}" if f["val_accuracy"] is not None else ""
+            how = "chosen on the validation split" if val is not None else "default, no validation split"
+            self.notes.append(f"head init: linear probe (L2 {f['l2']:g}, {how}): train {f['train_accuracy']:.4f}"
+                              f"{val_text} before fine-tuning")
+        else:
+            self.notes.append(f"head init: a linear probe per task ({len(fits)} tasks; L2 chosen on the validation "
+                              "split)" if val is not None else f"head init: a linear probe per task ({len(fits)} tasks)")
+        return fits
+
     # -- training -------------------------------------------------------------------------------------
 
     def fit(self, *, stop_after_epoch: int | None = None) -> TrainResult:
@@ -375,6 +358,10 @@ class Trainer:
         torch.manual_seed(s.seed)
         start = time.perf_counter()
         extraction = self.build_caches() if (s.feature_cache and self.features) else 0.0
+        if dist.is_main:
+            log.info("%s", self.augmentation_note)
+        if self.features and s.head_init == "probe" and not s.resume:  # a resumed run restores its head
+            self.probe = self.probe_heads()
         train_set = self.datasets["train"]
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                                       shuffle=True, seed=s.seed, drop_last=False)
@@ -448,7 +435,19 @@ class Trainer:
 
         return TrainResult(tasks=self.tasks, metrics=metrics, history=history, epochs_completed=len(history),
                            seconds=time.perf_counter() - start, extraction_seconds=extraction, cache=cache_info,
-                           trainable_params=count_trainable(self.model), stopped_early=stopped, notes=self.notes)
+                           trainable_params=count_trainable(self.model), stopped_early=stopped, notes=self.notes,
+                           recipe=self._recipe())
+
+    def _recipe(self) -> dict:
+        aug = self.augmentation
+        used = [name for name, on in (("crop", aug.crop), ("flip", aug.flip)) if on]
+        out = {"augment_mode": self.settings.augment, "augmentation": "+".join(used) or "none",
+               "head_init": self.settings.head_init if self.features else "random"}
+        if aug.crop:
+            out["crop_scale"] = aug.scale[0]
+        if self.probe:
+            out["probe_l2"] = {f["task"]: f["l2"] for f in self.probe}
+        return out
 
     def _final_metrics(self, history: list[dict], test: dict | None) -> dict[str, dict]:
         out = {}

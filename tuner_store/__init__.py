@@ -21,6 +21,7 @@ from tuner_store.errors import (
     ConflictError,
     NotFoundError,
     StoreError,
+    StoreFullError,
     StoreResetError,
     StoreUnavailableError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "NAME_RULE",
     "NotFoundError",
     "StoreError",
+    "StoreFullError",
     "StoreResetError",
     "ServerTunerStore",
     "StoreUnavailableError",

@@ -1,7 +1,7 @@
 """Errors of the tuner store; every one is a `RestuneError`, so the CLI prints it as one line.
 
 The server maps them onto HTTP statuses: ArtifactError -> 400, NotFoundError -> 404,
-ConflictError -> 409, StoreUnavailableError -> 503.
+ConflictError -> 409, StoreFullError -> 507, StoreUnavailableError -> 503.
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ class ConflictError(StoreError):
 
 
 class StoreResetError(StoreError):
-    """The store's change log is behind a consumer's revision (e.g. a Redis without persistence restarted).
+    """The store cannot bring a consumer up to date by its changes: its log is behind the consumer's revision
+    (e.g. a Redis without persistence restarted), no longer reaches it (trimmed), or the store's epoch changed
+    (flushed or replaced).
 
     A consumer that sees this must resynchronise from revision 0 instead of resuming.
     """
@@ -44,3 +46,9 @@ class StoreResetError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The store's backend (Redis, the file system) cannot be reached right now."""
+
+
+class StoreFullError(StoreUnavailableError):
+    """The store has no room for a write (a full disk, Redis at its maxmemory); nothing was written.
+
+    Reads still work, and a write succeeds again once room is made."""

@@ -108,21 +108,19 @@ def _classification_shapes(tuner: dict, backbone: dict, labels: list) -> tuple[d
 def _build_classification(artifact):
     import torch  # see the module docstring
 
-    from restuning.bypass import ResTuningBypass  # torch: see the module docstring
+    from restuning.bypass import assign_state, empty_bypass, expected_state_shapes  # torch: see the module docstring
 
     try:
         config, info = _bypass_config(artifact.tuner, artifact.backbone)
     except ConfigError as exc:
         raise ArtifactError(exc.problems, name=artifact.name) from None
-    # built on the meta device and given the artifact's tensors: no memory, time or global random numbers are
-    # spent on an initialisation that would be overwritten (a server loads tuners beside other threads' work)
-    with torch.device("meta"):
-        module = ResTuningBypass(config, info.embed_dim)
-    problems = shape_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, artifact.tensors)
+    problems = shape_problems(expected_state_shapes(config, info.embed_dim), artifact.tensors)
     if problems:
         raise ArtifactError(problems, name=artifact.name)
+    # no storage until the artifact's tensors are assigned (a server loads tuners beside other threads' work)
+    module = empty_bypass(config, info.embed_dim)
     # float32 whatever the artifact stores (half-precision artifacts are allowed), as a fresh module would be
-    module.load_state_dict({k: v.to(torch.float32) for k, v in artifact.tensors.items()}, strict=True, assign=True)
+    assign_state(module, {k: v.to(torch.float32) for k, v in artifact.tensors.items()})
     return module.eval()
 
 

@@ -4,14 +4,23 @@ Every change (a put that stored a new version, a delete) gets the next revision 
 A consumer remembers the last revision it applied and asks for everything after it, so a replica
 that reconnects after any pause misses nothing. Backends: `file_store` (a directory shared by the
 processes of one machine) and `redis_store` (shared by replicas).
+
+The change log keeps the last `log_keep` revisions (at least; DEFAULT_LOG_KEEP), so it does not grow with
+the store's age. A store also has an epoch: a random id set when its first change is written. A consumer
+remembers the epoch with its revision; a different epoch means the store was flushed or replaced (its
+revisions started again and may already have passed the consumer's). Either way, a consumer whose revision
+the log no longer reaches, or whose epoch is not the store's, gets StoreResetError and reads everything
+again instead of silently missing changes.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from restuning.checks import is_positive_int
 from tuner_store.artifact import (
@@ -26,6 +35,17 @@ from tuner_store.artifact import (
 )
 from tuner_store.errors import ArtifactError, NotFoundError, StoreResetError
 from tuner_store.records import ChangeEvent, TunerRecord
+
+# Revisions the change log keeps (at least): a watcher that falls further behind than this reads the whole
+# catalog again, which is always correct and costs one listing. 10,000 entries are about 2 MB.
+DEFAULT_LOG_KEEP = 10_000
+
+
+ANY_EPOCH = object()  # watch(…, epoch=ANY_EPOCH): the consumer does not know the epoch; it is not checked
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 def content_sha256(config: dict) -> str:
@@ -83,11 +103,21 @@ def check_name(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ValidatedArtifact:
+    """An artifact `TunerStore.validate` decoded and checked, ready for `put_validated`."""
+
+    artifact: TunerArtifact
+    weights_sha256: str
+    content_sha256: str
+
+
 class TunerStore(ABC):
     """Stores validated artifacts as immutable versions 1, 2, 3, … per name, and logs every change."""
 
     url: str
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -100,6 +130,14 @@ class TunerStore(ABC):
         ArtifactError). Nothing is written when either refuses. The store assigns versions; the artifact's own
         `version` is ignored.
         """
+        return self.put_validated(self.validate(artifact, backbone_fingerprint=backbone_fingerprint, check=check))
+
+    def validate(self, artifact: TunerArtifact | bytes, *, backbone_fingerprint: str | None = None,
+                 check: Callable[[TunerArtifact], None] | None = None) -> "ValidatedArtifact":
+        """The first half of `put`: decode and check (ArtifactError when refused); nothing is written.
+
+        A server does this without the store's deadline (it is CPU work that takes as long as the artifact is
+        big), then `put_validated` with it; the caller may drop the bytes in between."""
         data = _encode(artifact) if isinstance(artifact, TunerArtifact) else artifact
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ArtifactError(f"put takes a TunerArtifact or bytes, got {type(artifact).__name__}")
@@ -107,7 +145,11 @@ class TunerStore(ABC):
         if check is not None:
             check(decoded)
         sha = config_from_header(parse_header(data))["weights_sha256"]
-        return self._put_validated(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
+        return ValidatedArtifact(decoded, sha, content_sha256(decoded.config(weights_sha256=sha)))
+
+    def put_validated(self, validated: "ValidatedArtifact") -> TunerRecord:
+        """The second half of `put`: store what `validate` returned as the next version."""
+        return self._put_validated(validated.artifact, validated.weights_sha256, validated.content_sha256)
 
     @abstractmethod
     def _put_validated(self, artifact: TunerArtifact, weights_sha: str, content: str) -> TunerRecord:
@@ -150,20 +192,35 @@ class TunerStore(ABC):
 
     @abstractmethod
     def changes(self, since_revision: int) -> list[ChangeEvent]:
-        """Every change with revision > since_revision, oldest first."""
+        """Every change with revision > since_revision, oldest first; StoreResetError when the log, trimmed,
+        no longer reaches since_revision."""
 
-    async def watch(self, since_revision: int = 0, *, poll_interval: float = 0.2) -> AsyncIterator[ChangeEvent]:
+    @abstractmethod
+    def epoch(self) -> str | None:
+        """The store's epoch (set with its first change); None while nothing was ever written."""
+
+    async def watch(self, since_revision: int = 0, *, epoch: str | None | object = ANY_EPOCH,
+                    poll_interval: float = 0.2) -> AsyncIterator[ChangeEvent]:
         """Every change with revision > since_revision, in order, forever.
 
-        Store errors (e.g. StoreUnavailableError) propagate; call watch again with the last revision seen.
-        StoreResetError means the store's log no longer reaches `since_revision`: resynchronise from 0.
+        `epoch`: the store's epoch when `since_revision` was read (None: it had none yet; ANY_EPOCH: not
+        checked). Store errors (e.g.
+        StoreUnavailableError) propagate; call watch again with the last revision seen. StoreResetError means
+        the store cannot bring this consumer up to date by changes: its log no longer reaches `since_revision`
+        (trimmed, or the store went back to an earlier revision), or its epoch is not `epoch` (flushed or
+        replaced); resynchronise from 0.
         """
         since = since_revision
         current = await asyncio.to_thread(self.revision)
         if since > current:
             raise self._reset_error(since, current)
+        if epoch is not ANY_EPOCH:
+            await asyncio.to_thread(self.check_epoch, epoch)
         while True:
-            for event in await self._next_changes(since, poll_interval):
+            events = await self._next_changes(since, poll_interval, epoch)
+            for event in events:
+                if event.revision != since + 1:
+                    raise self._gap_error(since, event.revision)
                 yield event
                 since = event.revision
 
@@ -173,8 +230,33 @@ class TunerStore(ABC):
             "the store was reset or replaced; resynchronise from revision 0"
         )
 
-    async def _next_changes(self, since: int, poll_interval: float) -> list[ChangeEvent]:
-        events = await asyncio.to_thread(self.changes, since)
+    def _gap_error(self, since: int, first: int) -> StoreResetError:
+        return StoreResetError(
+            f"tuner store {self.url}: the change log starts after revision {since} (next kept: {first}); the "
+            "changes between were trimmed or lost; resynchronise from revision 0"
+        )
+
+    def _epoch_error(self, expected: str | None, found: str | None) -> StoreResetError:
+        return StoreResetError(
+            f"tuner store {self.url}: its epoch is {found or 'unset'}, not {expected or 'unset'} as before: the "
+            "store was flushed or replaced; resynchronise from revision 0"
+        )
+
+    def check_epoch(self, expected: str | None) -> None:
+        """StoreResetError unless the store's epoch is `expected` (a store that gains its first epoch after a
+        consumer saw none counts as changed: the consumer reads it again once, which is always safe)."""
+        found = self.epoch()
+        if found != expected:
+            raise self._epoch_error(expected, found)
+
+    async def _next_changes(self, since: int, poll_interval: float, epoch) -> list[ChangeEvent]:
+        def poll() -> list[ChangeEvent]:
+            events = self.changes(since)
+            if epoch is not ANY_EPOCH:
+                self.check_epoch(epoch)
+            return events
+
+        events = await asyncio.to_thread(poll)
         if not events:
             await asyncio.sleep(poll_interval)
         return events

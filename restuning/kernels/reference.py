@@ -94,14 +94,29 @@ def routed_bypass_stage(
     slot: torch.Tensor,  # [P] int64: the slot (tuner) of each pair
     w,  # restuning.kernels.slots.SlotTensors
     s: int,
+    *,
+    per_image: int | None = None,  # k when image == [0]*k + [1]*k + … (every image has k pairs, in order)
 ) -> torch.Tensor:  # [P, N, D]
     """One bypass stage where every (image, task) pair has its own tuner (per-request routing, Punica SGMV
-    style): only the pairs a batch asked for are computed, never the union of tasks for every image."""
+    style): only the pairs a batch asked for are computed, never the union of tasks for every image.
+
+    With `per_image`, the terms that read x (the horizontal down-projection and λ·x) take each image's tokens once
+    for its k pairs (one GEMM per image over its pairs' stacked weights, a broadcast for λ·x) instead of copying
+    x once per pair: with mean pooling that copy was [P, N, D] per stage, the largest tensor the stage touched."""
     lay = w.layout
-    xs = x.index_select(0, image)  # [P, N, D]
+    k = per_image
+    xs = None if k else x.index_select(0, image)  # [P, N, D]
     hidden = []
     if lay.h_act is not None:
-        h = torch.baddbmm(w.h_down_b[s].index_select(0, slot)[:, None, :], xs, w.h_down_w[s].index_select(0, slot))
+        if k:
+            n_img, n_tok, d = x.shape
+            r = lay.h_rank
+            down = w.h_down_w[s].index_select(0, slot).view(n_img, k, d, r).permute(0, 2, 1, 3).reshape(n_img, d, k * r)
+            bias = w.h_down_b[s].index_select(0, slot).view(n_img, 1, k * r)
+            h = torch.baddbmm(bias, x, down)  # [B, N, k·r]
+            h = h.view(n_img, n_tok, k, r).permute(0, 2, 1, 3).reshape(n_img * k, n_tok, r)
+        else:
+            h = torch.baddbmm(w.h_down_b[s].index_select(0, slot)[:, None, :], xs, w.h_down_w[s].index_select(0, slot))
         hidden.append(activation(h, lay.h_act))  # [P, N, r_h]
     if lay.v_act is not None:
         v = torch.baddbmm(w.v_down_b[s].index_select(0, slot)[:, None, :], b, w.v_down_w[s].index_select(0, slot))
@@ -114,8 +129,21 @@ def routed_bypass_stage(
         out = up_b.expand_as(b).clone()
     lam = w.lam[s].index_select(0, slot)[:, None, None]
     out.addcmul_(b, 1 - lam)
-    out.addcmul_(xs, lam)
+    if k:
+        out.view(x.shape[0], k, *x.shape[1:]).addcmul_(x[:, None], lam.view(x.shape[0], k, 1, 1))
+    else:
+        out.addcmul_(xs, lam)
     return out
+
+
+def pairs_per_image(image: torch.Tensor, images: int) -> int | None:
+    """k when `image` is [0]*k + [1]*k + … + [images−1]*k (every image has k pairs, grouped by image), else None."""
+    pairs = image.shape[0]
+    if images == 0 or pairs % images:
+        return None
+    k = pairs // images
+    expected = torch.arange(images, device=image.device).repeat_interleave(k)
+    return k if torch.equal(image, expected) else None
 
 
 def routed_group_logits(
@@ -129,8 +157,11 @@ def routed_group_logits(
 ) -> torch.Tensor:  # [P, C]
     """Logits of every (image, task) pair: routed bypass stages, the backbone's final norm + pooling, the head."""
     b = tokens[0].index_select(0, image)
+    options = {}
+    if stage is routed_bypass_stage:
+        options["per_image"] = pairs_per_image(image, tokens[0].shape[0])
     for s, layer in enumerate(w.layout.layers):
-        b = stage(tokens[layer], image, b, slot, w, s)
+        b = stage(tokens[layer], image, b, slot, w, s, **options)
     pooled = backbone.pool(b)  # [P, D]
     return torch.baddbmm(w.head_b.index_select(0, slot)[:, None, :], pooled[:, None, :],
                          w.head_w.index_select(0, slot))[:, 0]

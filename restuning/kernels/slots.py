@@ -174,6 +174,17 @@ class SlotTensors:
         self.head_w[slot].copy_(head_w)
         self.head_b[slot].copy_(head_b)
 
+    def read(self, slot: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """A copy of one slot's content (e.g. for a host tier): name -> [S, ...] or, for the head, [...]."""
+        return {name: (t[slot] if name in ("head_w", "head_b") else t[:, slot]).to(device, copy=True)
+                for name in TENSORS if (t := getattr(self, name)) is not None}
+
+    def write_copy(self, slot: int, content: dict[str, torch.Tensor]) -> None:
+        """Put back what `read` copied out of a slot of this same layout: copies only, no packing."""
+        for name, value in content.items():
+            target = getattr(self, name)
+            (target[slot] if name in ("head_w", "head_b") else target[:, slot]).copy_(value)
+
     def dense(self, slots: list[int], names: list[str], num_classes: list[int]) -> GroupWeights:
         """The heads in `slots` in the stacked layout of the fused fan-out kernels (kernels.weights)."""
         lay = self.layout

@@ -49,6 +49,9 @@ def router(state: ServerState) -> APIRouter:
             "backbone": state.backbone.info.name if state.backbone else None,
             **{f"{kind}_tuners": len(registry.records(kind)) if registry else 0 for kind in SERVED_KINDS},
             "resident_tuners": len(registry.resident) if registry else 0,
+            "host_tier_tuners": len(registry.host) if registry else 0,
+            # the start-up warm-up: pinned then newest tuners made resident, then the host tier filled
+            "warm_up": "done" if registry and registry.warm_up_done.is_set() else "running",
             "store_revision": registry.revision if registry else 0,
             "store": store,
         }

@@ -5,7 +5,6 @@ Store errors become the right HTTP status; where the store lives (a path, a Redi
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Literal
 
@@ -56,6 +55,7 @@ def _cursor_position(cursor: str) -> tuple[str, int]:
 def router(state: ServerState) -> APIRouter:
     routes = APIRouter()
     upload_limit = int(state.settings.max_upload_mb * 1024 * 1024)
+    uploads = {"running": 0}  # uploads being read and validated now (one event loop: no lock needed)
 
     store_call = StoreCalls(state)
 
@@ -157,11 +157,30 @@ def router(state: ServerState) -> APIRouter:
         return Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{record.name}@{record.version}.safetensors"'})
 
+    async def applied(name: str) -> None:
+        """The change, applied here now; a store that fails meanwhile leaves it to the watcher (the write is done)."""
+        try:  # on the upload thread too: it decodes the new version into the host cache
+            await store_call(state.registry.apply_change, name, 0, executor=state.uploads)
+        except APIError as exc:
+            log.warning("%s: stored, not applied here yet (%s); the store watcher will", name, exc.message)
+
     @routes.post("/v1/tuners", status_code=201, response_model=PutResponse, responses=ERRORS,
                  openapi_extra=UPLOAD_BODY,
                  summary="Upload a tuner artifact (one .safetensors file); it hot-loads on every replica")
     async def put_tuner(request: Request):
         require_admin(request, state.settings.admin_token)
+        limit = state.settings.max_concurrent_uploads
+        if uploads["running"] >= limit:
+            # each upload holds its body, and its decoded tensors while it is validated: a bound on how many run
+            # at once is a bound on the memory uploads take (docs/reliability.md)
+            raise APIError(503, f"{limit} uploads are in progress; retry shortly", headers={"Retry-After": "1"})
+        uploads["running"] += 1
+        try:
+            return await _put_tuner(request)
+        finally:
+            uploads["running"] -= 1
+
+    async def _put_tuner(request: Request) -> dict:
         kind = media_type(request)
         if kind == "application/octet-stream":
             data = await read_body(request, upload_limit, "the artifact")
@@ -171,10 +190,16 @@ def router(state: ServerState) -> APIRouter:
                 raise APIError(413, f"the artifact is {len(data)} bytes; the limit is {upload_limit}")
         else:
             raise unsupported(kind, "application/octet-stream or multipart/form-data with the field 'file'")
+        # validated on the upload thread (one upload at a time, below serving's CPU priority: server/uploads.py),
+        # without the store's deadline: it waits on the CPU, not on the store
+        validated = await store_call(lambda: state.store.validate(data, check=check_serves(state.runtime)),
+                                     executor=state.uploads, deadline=False)
+        del data  # the decoded artifact is all that is needed now; an upload's memory goes as soon as it can
         before = await store_call(state.store.latest)
-        record = await store_call(lambda: state.store.put(data, check=check_serves(state.runtime)))
+        record = await store_call(state.store.put_validated, validated, executor=state.uploads)
+        del validated
         # this replica reads its own writes at once; the watcher brings the same change to every other one
-        await asyncio.to_thread(state.registry.apply_change, record.name, 0)
+        await applied(record.name)
         created = not (record.name in before and before[record.name].version == record.version)
         return {"name": record.name, "version": record.version, "ref": record.ref, "created": created}
 
@@ -183,7 +208,7 @@ def router(state: ServerState) -> APIRouter:
     async def delete_tuner(name: str, request: Request, version: int | None = Query(None, ge=1)):
         require_admin(request, state.settings.admin_token)
         deleted = await store_call(state.store.delete, name, version)
-        await asyncio.to_thread(state.registry.apply_change, name, 0)  # read your own writes (see put_tuner)
+        await applied(name)  # read your own writes (see put_tuner)
         return {"name": name, "deleted_versions": list(deleted)}
 
     return routes

@@ -66,18 +66,36 @@ def test_soak_fails_when_requests_fail(tmp_path):
 
 
 def test_memory_verdict():
+    """Slope over the measured run, plus a cap on the peak: a creep fails however it is spread over the run."""
     from bench.soak import _memory_verdict
 
-    def run(rss_at) -> dict:
-        return _memory_verdict([{"t_s": t, "rss_mb": rss_at(t)} for t in range(100)], warmup=10, tolerance_mb=32)
+    def run(rss_at, growth_mb=16, cap_mb=64) -> dict:
+        return _memory_verdict([{"t_s": t, "rss_mb": rss_at(t)} for t in range(100)], warmup=10, growth_mb=growth_mb,
+                               cap_mb=cap_mb)
 
     assert run(lambda t: 500 + (t % 3))["steady"] is True  # flat, with noise
     leak = run(lambda t: 500 + t)  # 1 MiB/s for as long as it runs
-    assert leak["steady"] is False and leak["peak_growth_mb"] == 45
-    assert leak["second_half_slope_mb_per_min"] == pytest.approx(60, rel=1e-6)
+    assert leak["steady"] is False and leak["slope_mb_per_min"] == pytest.approx(60, rel=1e-6)
+    assert leak["growth_mb"] == pytest.approx(89, rel=1e-6)
     assert run(lambda t: 300 + 20 * min(t, 10))["steady"] is True  # allocations on the first requests: warm-up
-    assert run(lambda t: 500 + (150 if t >= 40 else 0))["steady"] is True  # one burst early, flat after
-    assert run(lambda t: 500 + (150 if t >= 80 else 0))["steady"] is False  # a new peak late in the run
-    assert run(lambda t: 500 + 0.5 * t)["steady"] is True  # 22 MiB over the run: inside the tolerance
-    short = _memory_verdict([{"t_s": t, "rss_mb": 500} for t in range(12)], warmup=10, tolerance_mb=32)
+    # a creep of 0.25 MiB/s, 22 MiB in all, spread evenly: the peak halves differ by 11 MiB (the old rule passed
+    # it); the slope says 22 MiB over the run
+    creep = run(lambda t: 500 + 0.25 * t)
+    assert creep["steady"] is False and creep["growth_mb"] == pytest.approx(22.25, rel=1e-6)
+    assert run(lambda t: 500 + 0.1 * t)["steady"] is True  # 9 MiB over the run: inside the allowance
+    burst = run(lambda t: 500 + (100 if 40 <= t < 45 else 0))  # one burst of 100 MiB, given back: over the cap
+    assert burst["steady"] is False and burst["peak_over_start_mb"] == 100 and burst["growth_mb"] < 16
+    assert run(lambda t: 500 + (30 if 40 <= t < 45 else 0))["steady"] is True  # a small burst: under the cap
+    short = _memory_verdict([{"t_s": t, "rss_mb": 500} for t in range(12)], warmup=10, growth_mb=16, cap_mb=64)
     assert short["steady"] is None and "too few samples" in short["why"]
+
+
+def test_latency_verdict():
+    from bench.soak import _latency_verdict
+
+    steady = [(t / 10, 0.05 + (t % 7) / 1000) for t in range(10, 3100)]  # 10 requests/s for 300 s after 1 s
+    verdict = _latency_verdict(steady, warmup=1, duration=300, window=600, ratio=1.2)
+    assert verdict["window_s"] == 100 and verdict["ok"] is True
+    slower = [(t, lat * (2 if t > 200 else 1)) for t, lat in steady]  # p99 doubles in the last third
+    assert _latency_verdict(slower, warmup=1, duration=300, window=600, ratio=1.2)["ok"] is False
+    assert _latency_verdict(steady, warmup=1, duration=120, window=600, ratio=1.2)["ok"] is None  # 40 s windows

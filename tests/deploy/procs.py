@@ -99,6 +99,7 @@ class ClassifyLoad:
         self.pause = pause
         self.outcomes: Counter = Counter()  # "200", "503", "ConnectError", …
         self.failures: list[str] = []  # what each non-200 said, for the assertion message
+        self.answered: list[tuple[float, float]] = []  # (monotonic time sent, seconds to answer) of each 200
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -106,14 +107,18 @@ class ClassifyLoad:
     def _worker(self, url: str) -> None:
         with httpx.Client(base_url=url, timeout=30.0) as client:
             while not self._stop.is_set():
+                sent = time.monotonic()
                 try:
                     r = client.post("/v1/classify", json=self.body)
                     outcome = str(r.status_code)
+                    took = time.monotonic() - sent
                     detail = r.text[:300] if r.status_code != 200 else None
                 except httpx.HTTPError as exc:
                     outcome, detail = type(exc).__name__, repr(exc)
                 with self._lock:
                     self.outcomes[(url, outcome)] += 1
+                    if outcome == "200":
+                        self.answered.append((sent, took))
                     if detail is not None and len(self.failures) < 20:
                         self.failures.append(f"{url} {outcome}: {detail}")
                 time.sleep(self.pause)
@@ -135,6 +140,11 @@ class ClassifyLoad:
         with self._lock:
             return sum(n for (u, o), n in self.outcomes.items()
                        if (url is None or u == url) and (outcome is None or o == outcome))
+
+    def latencies(self, since: float, until: float) -> list[float]:
+        """Seconds to answer of the 200s sent between the two monotonic times."""
+        with self._lock:
+            return [took for sent, took in self.answered if since <= sent < until]
 
     def errors(self, url: str | None = None) -> int:
         return self.count(url) - self.count(url, "200")

@@ -8,6 +8,8 @@ tuner names of its own, so none depends on what another one left behind.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import threading
 import time
 
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "cluster-test-token"
 PROPAGATION_LIMIT_S = 2.0  # issue 8: an upload through one replica is served by the other within 2 s
+STORE_DEADLINE_S = 5.0  # `serve --store-timeout-s` default: the longest a request waits on the store
+HUNG_S = 20.0  # how long the hung-Redis test keeps Redis stopped
 _IMAGE_B64 = base64.b64encode(png_bytes(7)).decode()
 
 
@@ -210,6 +214,79 @@ def test_redis_killed_and_restarted_under_classify_load(cluster, artifact_bytes)
     assert load.errors() == 0, load.failures
     assert during_outage >= 20
     assert load.count(a.url, "200") > 0 and load.count(b.url, "200") > 0
+
+
+def test_redis_hung_classify_never_waits_and_writes_fail_fast(cluster, artifact_bytes):
+    """Redis stopped (SIGSTOP) for 20 s, not dead: it keeps its port and the kernel still accepts connections, but
+    nothing is answered. Loaded tuners answer without waiting on it; a write answers 503 after the store deadline
+    (seconds, not a client's 30 s); after SIGCONT both replicas follow the change log again and miss nothing."""
+    redis, a, b, _ = cluster
+    upload_headers = {"content-type": "application/octet-stream", "authorization": f"Bearer {TOKEN}"}
+    with admin(a) as via_a:
+        via_a.push_tuner(artifact_bytes("hung-steady", seed=15))
+    for server in (a, b):
+        wait_until(lambda: serving(server, "hung-steady") == "hung-steady@1", 10, what="hung-steady served")
+    load = ClassifyLoad([a.url, b.url], png_bytes(15), tasks=["hung-steady"]).start()
+    writes: list[tuple[str, int, float, str | None]] = []
+    try:
+        wait_until(lambda: load.count(a.url, "200") >= 3 and load.count(b.url, "200") >= 3, 30,
+                   what="classify load running")
+        stopped_at = time.monotonic()
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            # a write through each replica, one after the other (both fit in the stop)
+            for server in (a, b):
+                start = time.monotonic()
+                r = httpx.post(f"{server.url}/v1/tuners", content=artifact_bytes("hung-write", seed=16),
+                               headers=upload_headers, timeout=30)
+                writes.append((server.url, r.status_code, time.monotonic() - start, r.headers.get("retry-after")))
+                assert r.status_code == 503 and "tuner store unavailable" in r.json()["error"], r.text
+            ready_start = time.monotonic()
+            ready = httpx.get(f"{a.url}/readyz", timeout=30)  # still ready: it serves what it has loaded
+            ready_took = time.monotonic() - ready_start
+            assert ready.status_code == 200 and ready.json()["store"] == "unreachable", ready.text
+            time.sleep(max(0.0, stopped_at + HUNG_S - time.monotonic()))
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
+        during = load.latencies(stopped_at, resumed_at)
+
+        # the writes through both replicas work again within seconds, with nothing to restart
+        def upload():
+            r = httpx.post(f"{b.url}/v1/tuners", content=artifact_bytes("hung-after", seed=17), headers=upload_headers,
+                           timeout=30)
+            return r.status_code == 201 and r.json()
+
+        assert wait_until(upload, 15, interval=0.5, what="upload after SIGCONT")["ref"] == "hung-after@1"
+        upload_back_s = time.monotonic() - resumed_at
+        # a change written by another writer reaches both replicas through their watchers (they resumed from the
+        # revision they had, so nothing written meanwhile is skipped)
+        from tuner_store.urls import open_store
+
+        with open_store(redis.url(0)) as store:
+            store.put(artifact_bytes("hung-outside", seed=18))
+        for server in (a, b):
+            wait_until(lambda: serving(server, "hung-outside") == "hung-outside@1", 15, what="hung-outside served")
+            wait_until(lambda: serving(server, "hung-after") == "hung-after@1", 15, what="hung-after served")
+        # a write that timed out may still have reached Redis (its command was in the socket when it stopped):
+        # then it is in the log, and both replicas serve exactly what the store holds
+        expected = {n: r for n, r in store_refs(redis).items() if n.startswith("hung-")}
+        for server in (a, b):
+            wait_until(lambda: {n: r for n, r in served_refs(server).items() if n.startswith("hung-")} == expected,
+                       15, what=f"{server.url} serving what the store holds")
+    finally:
+        load.stop()
+    print(f"hung Redis: {len(writes)} writes answered 503 in {max(w[2] for w in writes):.2f} s at most; readyz in "
+          f"{ready_took:.2f} s; classify during the stop: {len(during)} answered, max {max(during) * 1000:.0f} ms; "
+          f"an upload worked again {upload_back_s:.1f} s after SIGCONT")
+    assert len(writes) == 2
+    assert max(took for _, _, took, _ in writes) <= STORE_DEADLINE_S + 2.5, writes
+    assert all(retry == "2" for *_, retry in writes), writes
+    assert ready_took <= STORE_DEADLINE_S
+    assert load.errors() == 0, load.failures
+    # classify never waited on the store: a request that did would take the store deadline at least
+    assert len(during) >= 20 and max(during) < STORE_DEADLINE_S / 2, sorted(during)[-5:]
+    assert upload_back_s <= 10
 
 
 def test_corrupt_uploads_under_load_are_4xx_and_change_nothing(cluster, artifact_bytes, micro_backbone):

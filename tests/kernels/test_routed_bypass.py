@@ -57,6 +57,38 @@ def test_routed_engine_equals_each_head_alone_float64(micro_backbone64, pooling)
             assert (out[i][name] - alone).abs().max().item() < 1e-10, (i, name)
 
 
+@pytest.mark.parametrize("pooling", ["token", "avg"])
+def test_every_image_with_k_pairs_reads_its_tokens_once_and_equals_each_head_alone(micro_backbone64, pooling,
+                                                                                 monkeypatch):
+    """Each image names k tasks of a group (what a client asking for a fixed number of tasks sends): the stage takes
+    each image's tokens once for its k pairs, and every pair still equals its head run alone (float64)."""
+    bb = micro_backbone64
+    heads = _heads(bb, torch.float64, pooling)
+    engine = MultiTaskEngine(bb, heads, kernel_backend="torch")
+    seen = []
+    real = reference.pairs_per_image
+    monkeypatch.setattr(reference, "pairs_per_image", lambda image, images: seen.append(real(image, images))
+                        or seen[-1])
+    # two tasks of the adapter group and one of the softmax group per image, plus groups only some images use
+    task_sets = [["t0", "t2", "t3", "t5"], ["t2", "t1", "t4", "t5"], ["t1", "t0", "t3", "t6"]]
+    feats = bb.forward_features(torch.randn(len(task_sets), 3, 32, 32, dtype=torch.float64))
+    out = engine.run_routed(feats, task_sets)
+    assert 2 in seen  # both groups: k = 2 per image
+    for i, tasks in enumerate(task_sets):
+        assert list(out[i]) == tasks
+        for name in tasks:
+            alone = heads[name]([f[i:i + 1] for f in feats], bb)[0]
+            assert (out[i][name] - alone).abs().max().item() < 1e-10, (i, name)
+
+
+def test_pairs_per_image():
+    assert reference.pairs_per_image(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
+    assert reference.pairs_per_image(torch.tensor([0, 1, 2]), 3) == 1
+    assert reference.pairs_per_image(torch.tensor([0, 0, 1, 2, 2, 2]), 3) is None  # uneven
+    assert reference.pairs_per_image(torch.tensor([0, 1, 0, 1]), 2) is None  # not grouped by image
+    assert reference.pairs_per_image(torch.tensor([0, 0, 2, 2]), 3) is None  # image 1 has none in this group
+
+
 def test_routing_computes_only_the_pairs_asked_for(micro_backbone64, monkeypatch):
     bb = micro_backbone64
     engine = MultiTaskEngine(bb, _heads(bb, torch.float64, "token"), kernel_backend="torch")

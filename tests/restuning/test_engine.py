@@ -112,3 +112,51 @@ def test_engine_uses_one_token_for_class_token_heads(micro_backbone64, monkeypat
     engine = MultiTaskEngine(bb, heads)
     engine.run(bb.forward_features(torch.randn(2, 3, 32, 32, dtype=torch.float64)))
     assert {("token", 2), ("avg", 2 * 16)} == set(seen)
+
+
+def test_an_exported_head_put_back_gives_the_same_logits(micro_backbone64):
+    """export / put_packed (the host tier of evicted heads): the slot comes back bit for bit, every group kind;
+    a group laid out anew since the export refuses it, and nothing changes."""
+    bb = micro_backbone64
+    heads = _heads(bb, MIXED, torch.float64)
+    engine = MultiTaskEngine(bb, heads, initial_capacity=2)
+    feats = bb.forward_features(torch.randn(3, 3, 32, 32, dtype=torch.float64))
+    before = engine.run(feats)
+    packed = {name: engine.export(name) for name in heads}
+    for name in heads:
+        engine.remove(name)
+    for i in range(5):  # other heads take the freed slots; the groups grow
+        engine.put(f"other{i}", heads[f"task{i % 3}"])
+    for name, p in packed.items():
+        assert p.content["lam"].device.type == "cpu" and p.nbytes > 0
+        assert engine.put_packed(name, p, tag=("tag", name))
+    after = engine.run(feats, list(heads))
+    for name in heads:
+        assert torch.equal(before[name], after[name]), name
+    routed = engine.run_routed(feats, [["task2"], ["task0", "task5"], ["task7"]], tags=True)
+    assert routed[1]["task0"][1] == ("tag", "task0")
+    wider = BypassConfig.create(bb.info, num_classes=2, horizontal="adapter", vertical="adapter", dim=16)
+    engine.put("wide", build_bypass(wider, bb.embed_dim, seed=0))  # task0's group now holds hidden size 16
+    engine.remove("task0")
+    assert not engine.put_packed("task0", packed["task0"]) and "task0" not in engine
+
+
+def test_a_head_packed_without_placing_it_serves_as_if_it_had_been_put(micro_backbone64):
+    """pack (the host tier filling itself at start): putting the packed head gives the logits `put` gives, bit for
+    bit, in every group kind; a head with no group yet, or wider than its group, is not packed (None), and packing
+    places nothing."""
+    bb = micro_backbone64
+    heads = _heads(bb, MIXED, torch.float64)
+    engine = MultiTaskEngine(bb, heads)
+    feats = bb.forward_features(torch.randn(3, 3, 32, 32, dtype=torch.float64))
+    for name, head in heads.items():
+        before = sorted(engine.names)
+        p = engine.pack(head, tag=("tag", name))
+        assert p is not None and sorted(engine.names) == before  # packing places nothing
+        assert engine.put_packed(f"{name}-packed", p, tag=p.tag)
+    for name in heads:  # one head per run, so both are computed alike
+        assert torch.equal(engine.run(feats, [name])[name], engine.run(feats, [f"{name}-packed"])[f"{name}-packed"])
+    wider = BypassConfig.create(bb.info, num_classes=2, horizontal="adapter", vertical="adapter", dim=64)
+    assert engine.pack(build_bypass(wider, bb.embed_dim, seed=0).to(torch.float64)) is None
+    empty = MultiTaskEngine(bb)
+    assert empty.pack(heads["task0"]) is None and not empty.groups

@@ -148,8 +148,10 @@ def test_classify_shows_every_task_with_its_tuner_and_timings(server, browser, s
         task = card.get_attribute("data-task")
         assert card.find_element("css selector", ".ref").text == f"{task}@1"
         rows = card.find_elements("css selector", "li")
+        # a bar under one pixel wide renders as 0 px: only scores below 1% may have no visible bar
         assert 1 <= len(rows) <= 3 and all(r.find_element("css selector", ".fill").size["width"] > 0 or
-                                           r.find_element("css selector", ".score").text == "0.0%" for r in rows)
+                                           float(r.find_element("css selector", ".score").text.rstrip("%")) < 1.0
+                                           for r in rows)
     timings = by_id(browser, "classify-timings").text
     assert timings.startswith("19 task results") and all(f"{part} " in timings for part in ("queue", "backbone", "heads"))
     # the live-state panel reads /metrics: after a classify, a batch size and the request counter have moved

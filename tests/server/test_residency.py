@@ -209,6 +209,250 @@ def test_a_miss_past_its_deadline_is_503_with_retry_after(tmp_path, run_app, mic
     asyncio.run(main())
 
 
+def test_an_evicted_tuner_comes_back_from_the_host_tier_without_the_store(tmp_path, run_app, micro_backbone,
+                                                                          monkeypatch):
+    """Evicted for room, a head's packed slot waits in the host cache: its next miss copies it back (no store
+    read, no build) and answers exactly as before; with the host cache off it is fetched and built again."""
+    import server.registry as registry_module
+
+    url = f"file://{tmp_path / 'store'}"
+    names = [f"t{i}" for i in range(4)]
+    _fill(url, micro_backbone, names)
+    builds = []
+    real_build = registry_module.build_tuner
+    monkeypatch.setattr(registry_module, "build_tuner", lambda artifact: builds.append(artifact.name)
+                        or real_build(artifact))
+
+    async def main(host_cache_mb):
+        settings = server_settings(url, resident_mb=2.5 * _slot_mib(micro_backbone), host_cache_mb=host_cache_mb,
+                                   feature_cache_mb=0)
+        async with run_app(settings) as app:
+            registry = app.state.registry
+            await app.wait_for(lambda: len(registry.resident) == 2)
+
+            async def ask(name):
+                r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(3)), "tasks": [name]})
+                assert r.status_code == 200, r.text
+                return r.json()["results"][name]
+
+            first = {name: await ask(name) for name in names}  # every one loaded at least once, most evicted
+            builds.clear()
+            reads = []
+            real_read = registry.store.get_bytes
+            registry.store.get_bytes = lambda *a, **k: reads.append(a) or real_read(*a, **k)
+            again = {name: await ask(name) for name in names}
+            assert again == first
+            return builds, reads
+
+    builds_on, reads_on = asyncio.run(main(host_cache_mb=64))
+    assert builds_on == [] and reads_on == []
+    builds_off, reads_off = asyncio.run(main(host_cache_mb=0))
+    assert len(builds_off) >= 2 and len(reads_off) == len(builds_off)
+
+
+@pytest.mark.parametrize("change", ["unload", "delete"])
+def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_path, micro_backbone, change):
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha"])
+    engine = MultiTaskEngine(micro_backbone)
+    store = open_store(url)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine))
+    registry.sync()
+    entered, release = threading.Event(), threading.Event()
+    real_put = engine.put
+
+    def slow_put(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=10)
+        return real_put(*args, **kwargs)
+
+    engine.put = slow_put
+    loading = threading.Thread(target=lambda: registry.ensure("alpha"))
+    loading.start()
+    assert entered.wait(timeout=10)
+    if change == "unload":
+        registry.unload("alpha")
+    else:
+        store.delete("alpha")
+        registry.apply_change("alpha", store.revision())
+    release.set()
+    loading.join(timeout=10)
+    assert "alpha" not in registry.resident and "alpha" not in engine
+    store.close()
+
+
+def test_a_packed_head_that_finds_no_room_stays_in_the_host_tier(tmp_path, micro_backbone):
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+    from server.residency import ResidencyError
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+    store = open_store(url)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32,
+                                                   engine=MultiTaskEngine(micro_backbone)),
+                             resident_bytes=int(1.5 * _slot_mib(micro_backbone) * 1024 * 1024),
+                             host_cache_bytes=64 * 1024 * 1024)
+    registry.sync()
+    registry.ensure("alpha")
+    registry.ensure("beta")  # evicts alpha into the host tier as its packed slot
+    version = registry.record("alpha").version
+    assert "alpha" not in registry.resident and registry.host.holds("alpha", version)
+    assert registry.resident.lease_all(["beta"])  # a request holds beta: no room for alpha now
+    with pytest.raises(ResidencyError):
+        registry.ensure("alpha", deadline=time.monotonic())
+    assert registry.host.holds("alpha", version)  # not lost: the next try copies it back
+    registry.resident.release(["beta"])
+    registry.ensure("alpha")
+    assert "alpha" in registry.resident and not registry.host.holds("alpha", version)
+    store.close()
+
+
+def test_the_host_tier_fills_at_start_and_its_misses_need_no_store_and_no_build(tmp_path, micro_backbone,
+                                                                                monkeypatch):
+    """After the resident warm-up, the tuners that did not fit go into the host tier as packed heads, newest first,
+    while it has room and without evicting: each one's first miss is then a copy (no store read, no build), and
+    answers as a tuner built from its artifact does."""
+    import server.registry as registry_module
+    from server.kinds import ServingRuntime
+    from server.registry import EvictedTuner, TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    names = [f"t{i}" for i in range(6)]
+    _fill(url, micro_backbone, names)
+    slot = _slot_mib(micro_backbone) * 1024 * 1024
+
+    def registry_with(host_slots: float):
+        store = open_store(url)
+        engine = MultiTaskEngine(micro_backbone)
+        registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine),
+                                 resident_bytes=int(1.5 * slot), host_cache_bytes=int(host_slots * slot))
+        registry.sync()
+        registry.warm_up()
+        assert not registry.warm_up_done.is_set()
+        registry.fill_host_tier()
+        assert registry.warm_up_done.is_set()
+        return registry, engine
+
+    registry, engine = registry_with(host_slots=3.5)  # room for three of the five that are not resident
+    (resident,) = [t.name for t in registry.resident.items()]
+    assert resident == "t5"  # the newest
+    held = [n for n in names if registry.host.holds(n, registry.record(n).version)]
+    assert held == ["t2", "t3", "t4"]  # newest first, until the next would not fit: nothing evicted
+    builds, reads = [], []
+    real_build, real_read = registry_module.build_tuner, registry.store.get_bytes
+    monkeypatch.setattr(registry_module, "build_tuner", lambda a: builds.append(a.name) or real_build(a))
+    registry.store.get_bytes = lambda *a, **k: reads.append(a[0]) or real_read(*a, **k)
+    feats = micro_backbone.forward_features(torch.randn(2, 3, 32, 32))
+    reference = MultiTaskEngine(micro_backbone)
+    for name in held:
+        assert isinstance(registry.host._entries[name][1], EvictedTuner)
+        registry.ensure(name)
+        reference.put(name, real_build(registry_module.decode_for(registry.runtime, real_read(name, 1))))
+        assert torch.equal(engine.run(feats, [name])[name], reference.run(feats, [name])[name]), name
+    assert builds == [] and reads == []
+    registry.ensure("t0")  # never in the host tier: read and built
+    assert builds == ["t0"] and reads == ["t0"]
+    registry.store.close()
+
+    registry, _ = registry_with(host_slots=0)
+    assert len(registry.host) == 0
+    registry.store.close()
+
+
+def _cold(app, names):
+    registry = app.state.registry
+    for tuner in registry.resident.items():
+        registry._evict(tuner.name)
+    assert not any(n in registry.resident for n in names)
+    return registry
+
+
+def _watch_backbone(app):
+    """Events set when a backbone pass starts and when it ends."""
+    backbone = app.state.backbone
+    forward = backbone.forward_features
+    started, ended = threading.Event(), threading.Event()
+
+    def watched(images):
+        started.set()
+        try:
+            return forward(images)
+        finally:
+            ended.set()
+
+    backbone.forward_features = watched
+    return started, ended
+
+
+def test_a_miss_loads_while_its_image_runs_through_the_backbone(tmp_path, run_app, micro_backbone):
+    """The load of a tuner that is not resident waits here until the request's backbone pass has started: were
+    the load done before the image were queued (as it was), the pass would never start and this would time out."""
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+
+    async def main():
+        async with run_app(server_settings(url, feature_cache_mb=0)) as app:
+            await app.wait_for(lambda: len(app.state.registry.resident) == 2)
+            registry = _cold(app, ["alpha", "beta"])
+            started, _ = _watch_backbone(app)
+            real, overlapped = registry._load, []
+
+            def after_the_pass_began(record, deadline=None):
+                overlapped.append(started.wait(timeout=10))
+                return real(record, deadline)
+
+            registry._load = after_the_pass_began
+            r = await app.client.post("/v1/classify", json={"image": b64(png_bytes(1)), "tasks": ["beta", "alpha"]})
+            assert r.status_code == 200, r.text
+            assert list(r.json()["results"]) == ["beta", "alpha"] and overlapped == [True, True]
+            timings = r.json()["timings_ms"]
+            assert timings["tuner_load_total"] > 0 and timings["tuner_load"] >= 0
+            registry._load = real
+            hit = await app.client.post("/v1/classify", json={"image": b64(png_bytes(1)), "tasks": ["alpha"]})
+            assert hit.json()["results"]["alpha"] == r.json()["results"]["alpha"]  # the same head, resident now
+            assert "tuner_load_total" not in hit.json()["timings_ms"] and hit.json()["timings_ms"]["tuner_load"] == 0
+
+    asyncio.run(main())
+
+
+def test_a_load_slower_than_the_backbone_pass_defers_the_request_not_the_batch(tmp_path, run_app, micro_backbone):
+    """A load still running when its batch's heads are due: the other requests are answered from that batch, the
+    slow one is queued again once its tuner is resident and takes its features from the feature cache."""
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "beta"])
+
+    async def main():
+        async with run_app(server_settings(url, max_queue_delay_ms=200.0)) as app:
+            await app.wait_for(lambda: len(app.state.registry.resident) == 2)
+            registry = _cold(app, ["beta"])
+            registry.ensure("alpha")
+            _, ended = _watch_backbone(app)
+            real = registry._load
+            release = threading.Event()
+
+            def until_released(record, deadline=None):
+                ended.wait(timeout=10)
+                release.wait(timeout=10)  # held past the backbone pass and the heads' grace
+                return real(record, deadline)
+
+            registry._load = until_released
+            slow = asyncio.ensure_future(app.client.post("/v1/classify", json={"image": b64(png_bytes(1)),
+                                                                                "tasks": ["beta"]}))
+            fast = await app.client.post("/v1/classify", json={"image": b64(png_bytes(2)), "tasks": ["alpha"]})
+            assert fast.status_code == 200 and not slow.done()  # answered while the other waits for its tuner
+            release.set()
+            r = await slow
+            assert r.status_code == 200, r.text
+            assert list(r.json()["results"]) == ["beta"]
+            assert r.json()["timings_ms"]["backbone_images"] == 0  # its second pass found its features cached
+
+    asyncio.run(main())
+
+
 def test_pin_and_unpin(tmp_path, run_app, micro_backbone):
     url = f"file://{tmp_path / 'store'}"
     names = [f"t{i}" for i in range(6)]

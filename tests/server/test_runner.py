@@ -52,3 +52,21 @@ def test_each_request_gets_its_own_tasks(store_url, micro_backbone):
     assert len(probs) == 5 and abs(sum(probs) - 1) < 1e-5 and round(max(probs), 6) == other["results"]["gamma"]["scores"][0]
     assert "probabilities" not in every["results"]["alpha"]
     assert isinstance(bad, UnknownTasksError) and bad.unknown == ["nope"]
+
+
+def test_a_default_set_task_deleted_during_the_backbone_pass_is_left_out(store_url, micro_backbone):
+    """A tuner deleted while its batch runs the backbone: a request that named it gets 404, a request for the
+    default set gets the others (it never named it)."""
+    runner, registry = _runner(store_url, micro_backbone)
+    forward = micro_backbone.forward_features
+
+    def delete_midway(images):
+        feats = forward(images)
+        registry.runtime.engine.remove("beta")
+        return feats
+
+    runner.backbone = type("Deleting", (), {"forward_features": staticmethod(delete_midway)})()
+    default, named = runner.run([_job(micro_backbone, ["alpha", "beta", "gamma"], named=False),
+                                 _job(micro_backbone, ["beta", "gamma"], seed=1)])
+    assert list(default["results"]) == ["alpha", "gamma"]
+    assert isinstance(named, UnknownTasksError) and named.unknown == ["beta"]

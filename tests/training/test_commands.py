@@ -71,18 +71,38 @@ def test_a_missing_extra_is_named_in_one_line():
         "pip install 'restune[diffusion]'")
 
 
-def test_bench_accuracy_writes_the_three_methods(tmp_path):
-    from bench.accuracy import run_digits_accuracy
+def test_bench_accuracy_compares_train_classify_recipes_and_sweeps_lr_and_weight_decay(tmp_path):
+    from bench.accuracy import format_accuracy, run_digits_accuracy
+    from bench.accuracy_config import RECIPES
+    from training.train_config import DEFAULT_LR
 
-    payload = run_digits_accuracy(backbone=MICRO, weights="random:0", pooling="avg", epochs=1, batch_size=16,
-                                  lrs={"linear": (0.05,), "bypass": (0.01, 0.05), "full": (1e-3,)}, progress=False,
-                                  sizes={"train": 60, "test": 30}, cache_dir=str(tmp_path))
-    assert set(payload["results"]) == {"linear", "bypass", "full"}
-    assert len(payload["results"]["bypass"]["sweep"]) == 2
-    for r in payload["results"].values():
-        assert 0 <= r["test_accuracy"] <= 1 and r["selected_by"] == "val_accuracy"
-    assert payload["settings"]["num_test"] == 30 and "bypass_minus_linear_points" in payload
-    assert payload["settings"]["weights"] == "random:0"
+    payload = run_digits_accuracy(backbone=MICRO, weights="random:0", epochs=1, batch_size=16, progress=False,
+                                  lrs={"linear": (0.05,), "bypass": (0.01,), "full": (1e-3,)},
+                                  wds={"bypass": (0.05, 0.0), "linear": (0.05,)}, sizes={"train": 60, "test": 30},
+                                  cache_dir=str(tmp_path))
+    recipes = payload["recipes"]
+    assert set(recipes) == set(RECIPES)
+    # each recipe is train classify with its flags: the artifact's metrics say what it resolved to
+    assert (recipes["default"]["augmentation"], recipes["default"]["head_init"]) == ("none", "probe")  # 8 px digits
+    assert recipes["default"]["lr"] == DEFAULT_LR["bypass"] and recipes["no_augment"]["flags"] == "--no-augment"
+    assert (recipes["previous"]["augmentation"], recipes["previous"]["head_init"]) == ("crop", "random")
+    assert recipes["previous"]["lr"] == 0.01
+    for r in recipes.values():
+        assert 0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 and len(r["runs"]) == 1
+    assert payload["time_ratio_default_vs_no_augment"] > 0 and set(payload["meets"]) == {
+        "default_test", "time_ratio", "not_worse", "gap"}
+    sweep = payload["sweep"]
+    assert set(sweep) == {"linear", "bypass", "full"}
+    bypass = sweep["bypass"]
+    # the grid, plus the method's own defaults when the grid lacks them
+    assert [(c["lr"], c["weight_decay"]) for c in bypass["candidates"]] == [
+        (0.01, 0.05), (0.01, 0.0), (DEFAULT_LR["bypass"], 0.05)]
+    assert (bypass["at_default"]["lr"], bypass["at_default"]["weight_decay"]) == (DEFAULT_LR["bypass"], 0.05)
+    assert bypass["best_by_val"]["val_accuracy"] == max(c["val_accuracy"] for c in bypass["candidates"])
+    assert bypass["at_default"]["head_init"] == "probe" and sweep["full"]["at_default"]["head_init"] == "random"
+    assert "bypass_minus_linear_points" in payload and payload["settings"]["weights"] == "random:0"
+    report = format_accuracy(payload)
+    assert "--no-augment" in report and "default / --no-augment time" in report
 
 
 def test_torchrun_two_cpu_ranks_match_one_process(image_folder, tmp_path):

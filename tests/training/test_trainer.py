@@ -86,7 +86,7 @@ def test_feature_cache_equals_on_the_fly_features_for_the_same_views(micro_backb
 
 
 def test_training_from_the_cache_matches_on_the_fly_training(micro_backbone, folder_splits, quick_settings):
-    common = dict(method="bypass", epochs=2, cache_views=2, lr=0.01)
+    common = dict(method="bypass", epochs=2, cache_views=2, lr=0.01, augment="on")  # 20 px images: auto uses none
     _, cached = _fit(micro_backbone, folder_splits, quick_settings(feature_cache=True, **common))
     _, fly = _fit(micro_backbone, folder_splits, quick_settings(feature_cache=False, **common))
     a, b = cached.metrics["pets"], fly.metrics["pets"]
@@ -117,7 +117,8 @@ def test_cache_budget_is_enforced_before_extraction(micro_backbone, folder_split
     # room for one training view: fewer views, said so
     per_image = (micro_backbone.depth + 1) * micro_backbone.embed_dim * 4
     gb = (len(folder_splits.train) * 1.5 + len(folder_splits.val)) * per_image / 1024**3
-    trainer, result = _fit(micro_backbone, folder_splits, quick_settings(feature_cache=True, cache_max_gb=gb))
+    trainer, result = _fit(micro_backbone, folder_splits, quick_settings(feature_cache=True, cache_max_gb=gb,
+                                                                          augment="on"))
     assert trainer.cache_views == 1 and any("only 1 of the 4" in n for n in result.notes)
 
 
@@ -133,7 +134,7 @@ def test_settings_problems_are_collected_and_named(micro_backbone, folder_splits
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(micro_backbone, folder_splits, quick_settings,
                                                              tmp_path):
-    common = dict(method="bypass", epochs=3, lr=0.02, seed=7)  # augmented views on the fly, epochs 0-2
+    common = dict(method="bypass", epochs=3, lr=0.02, seed=7, augment="on")  # augmented views on the fly, epochs 0-2
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     trainer_a, a = _fit(micro_backbone, folder_splits, quick_settings(checkpoint_dir=str(full_dir), **common))
     spec = MethodSpec(method="bypass", dim=4)
