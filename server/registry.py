@@ -543,7 +543,8 @@ class TunerRegistry:
                 kept, nbytes = entry
                 if self.host.nbytes + nbytes > self.host.budget:
                     return  # full: the warm-up never evicts what requests put there
-                self.host.put(record.name, record.version, kept, nbytes)
+                # newest first, each behind the last: the newest are evicted last
+                self.host.put(record.name, record.version, kept, nbytes, least_recent=True)
                 if record.name not in self._records:  # deleted meanwhile
                     self.host.discard(record.name)
                 self._report_residency()

@@ -342,6 +342,7 @@ def test_the_host_tier_fills_at_start_and_its_misses_need_no_store_and_no_build(
     assert resident == "t5"  # the newest
     held = [n for n in names if registry.host.holds(n, registry.record(n).version)]
     assert held == ["t2", "t3", "t4"]  # newest first, until the next would not fit: nothing evicted
+    assert list(registry.host._entries) == ["t2", "t3", "t4"]  # least recently used first: the newest go last
     builds, reads = [], []
     real_build, real_read = registry_module.build_tuner, registry.store.get_bytes
     monkeypatch.setattr(registry_module, "build_tuner", lambda a: builds.append(a.name) or real_build(a))
