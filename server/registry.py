@@ -112,6 +112,9 @@ class TunerRegistry:
         self._waiting: set[str] = set()
         self._lock = threading.Lock()  # the catalog and the loads in flight
         self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
+        # where a tuner is placed (the engine) and whether it is resident change together: an eviction that takes a
+        # tuner out of the engine must not undo a load of the same name that placed it again meanwhile
+        self._placement = threading.RLock()
         self.last_error: str | None = None
         self.closed = threading.Event()  # the server is stopping: background loading ends
         self.warm_up_done = threading.Event()  # the start-up warm-up (resident set, then host tier) has finished
@@ -307,8 +310,11 @@ class TunerRegistry:
         (an evicted head's packed slot: putting it back is a copy)."""
         for gone in self.resident.room_for(nbytes, keep=keep, deadline=deadline):
             served = SERVED_KINDS[gone.kind]
-            kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
-            served.uninstall(self.runtime, gone.name)
+            with self._placement:
+                if gone.name in self.resident:  # loaded again since it was chosen: that placement stays
+                    continue
+                kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
+                served.uninstall(self.runtime, gone.name)
             if kept is not None:
                 self.host.put(gone.name, gone.version, EvictedTuner(gone, kept), getattr(kept, "nbytes", gone.nbytes))
             if self.metrics is not None:
@@ -333,13 +339,14 @@ class TunerRegistry:
         except ResidencyError:  # no room in time: it stays in the host tier for the next try
             self.host.put(record.name, record.version, evicted, getattr(evicted.kept, "nbytes", tuner.nbytes))
             raise
-        nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
-                                                     replace(tuner, module=None, nbytes=0))
-        if nbytes is None:
-            self.resident.unreserve(tuner.nbytes)
-            return None
-        loaded = replace(tuner, nbytes=nbytes)
-        self._add_resident(loaded, tuner.nbytes)
+        with self._placement:
+            nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
+                                                         replace(tuner, module=None, nbytes=0))
+            if nbytes is None:
+                self.resident.unreserve(tuner.nbytes)
+                return None
+            loaded = replace(tuner, nbytes=nbytes)
+            self._add_resident(loaded, tuner.nbytes)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -363,17 +370,18 @@ class TunerRegistry:
             raise
         room = artifact_bytes(artifact)
         self._make_room(room, record.name, deadline)
-        try:
-            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
-                                labels=tuple(artifact.labels), created_at=artifact.created_at,
-                                metrics=dict(artifact.metrics), nbytes=0)
-            kept, nbytes = served.install(self.runtime, record.name, module, tuner)
-        except Exception as exc:
-            self.resident.unreserve(room)
-            self._failed(record, exc)
-            raise
-        loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
-        self._add_resident(loaded, room)
+        with self._placement:
+            try:
+                tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
+                                    labels=tuple(artifact.labels), created_at=artifact.created_at,
+                                    metrics=dict(artifact.metrics), nbytes=0)
+                kept, nbytes = served.install(self.runtime, record.name, module, tuner)
+            except Exception as exc:
+                self.resident.unreserve(room)
+                self._failed(record, exc)
+                raise
+            loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
+            self._add_resident(loaded, room)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -381,9 +389,11 @@ class TunerRegistry:
         return loaded
 
     def _evict(self, name: str) -> None:
-        gone = self.resident.remove(name)
+        with self._placement:
+            gone = self.resident.remove(name)
+            if gone is not None:
+                SERVED_KINDS[gone.kind].uninstall(self.runtime, name)
         if gone is not None:
-            SERVED_KINDS[gone.kind].uninstall(self.runtime, name)
             self._report_residency()
 
     def ensure(self, name: str, deadline: float | None = None) -> LoadedTuner:
