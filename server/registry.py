@@ -372,9 +372,7 @@ class TunerRegistry:
         self._make_room(room, record.name, deadline)
         with self._placement:
             try:
-                tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
-                                    labels=tuple(artifact.labels), created_at=artifact.created_at,
-                                    metrics=dict(artifact.metrics), nbytes=0)
+                tuner = _loaded(record, artifact)
                 kept, nbytes = served.install(self.runtime, record.name, module, tuner)
             except Exception as exc:
                 self.resident.unreserve(room)
@@ -512,7 +510,7 @@ class TunerRegistry:
 
     def warm_up(self) -> None:
         """At start: pinned tuners first, then the newest, while they fit without evicting anything."""
-        order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+        order = self._newest_first()
         pinned = [r for r in order if r.name in self.resident.pinned]
         for record in pinned:
             if self.closed.is_set():
@@ -534,15 +532,19 @@ class TunerRegistry:
             except Exception:  # recorded as its problem; requests will say so
                 continue
 
+    def _newest_first(self) -> list[TunerRecord]:
+        return sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+
     def fill_host_tier(self) -> None:
         """After `warm_up`: the tuners that are not resident, newest first, into the host tier while it has room
         (never evicting), each in the form its next miss reinstalls fastest (a packed head: a copy); as S-LoRA
         keeps every adapter in host memory. Runs at a lower CPU priority than serving."""
         _lower_this_threads_priority()
         try:
-            order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
-            for record in order:
-                if self.closed.is_set() or self.host.budget <= 0:
+            if self.host.budget <= 0:
+                return
+            for record in self._newest_first():
+                if self.closed.is_set():
                     return
                 if record.name in self.resident or self.host.holds(record.name, record.version) \
                         or not self.serves(record.name)[0]:
@@ -566,10 +568,9 @@ class TunerRegistry:
         exists, else the validated artifact; None when it cannot be read now or cannot serve (noted)."""
         try:
             artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
-            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
-                                labels=tuple(artifact.labels), created_at=artifact.created_at,
-                                metrics=dict(artifact.metrics), nbytes=0)
-            packed = SERVED_KINDS[record.kind].pack(self.runtime, build_tuner(artifact), tuner)
+            pack = SERVED_KINDS[record.kind].pack
+            tuner = _loaded(record, artifact)
+            packed = pack(self.runtime, build_tuner(artifact), tuner) if pack is not None else None
         except Exception as exc:
             if not is_transient(exc):
                 self._failed(record, exc)
@@ -603,6 +604,12 @@ class TunerRegistry:
             budget = self.resident.budget
             self.metrics.set_tuner_requests(sorted(self.resident.leased()), waiting,
                                             "unlimited" if budget is None else str(budget // (1024 * 1024)))
+
+
+def _loaded(record: TunerRecord, artifact: TunerArtifact) -> LoadedTuner:
+    """What the registry keeps of a tuner version it serves (its bytes are filled in once it is placed)."""
+    return LoadedTuner(name=record.name, version=record.version, kind=record.kind, labels=tuple(artifact.labels),
+                       created_at=artifact.created_at, metrics=dict(artifact.metrics), nbytes=0)
 
 
 def _lower_this_threads_priority(niceness: int = 10) -> None:
