@@ -285,10 +285,14 @@ def _put_to_serving(server: Server, store_url: str, backbone, head_pool: list, p
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(puts):
             head = head_pool[(i + 7) % len(head_pool)]
-            artifact = classification_artifact(name, head, labels, backbone, {"put": i})
+            # unique content: a put identical to an earlier one (an earlier N's) returns that old version
+            artifact = classification_artifact(name, head, labels, backbone, {"put": i, "nonce": time.time_ns()})
             data = encode_artifact(artifact)
+            latest = store.record(name, "latest").version
             start = time.perf_counter()
             record = store.put(data)
+            if record.version <= latest:
+                raise RuntimeError(f"the store returned version {record.version} of {name}, not a new one")
             while True:
                 r = client.post("/v1/classify", json=body)
                 if r.status_code == 200 and r.json()["results"][name]["tuner"] == record.ref:

@@ -39,9 +39,9 @@ class ServedKind:
     # that is put back (the bytes it takes, or None when it no longer fits and must be built from its artifact)
     keep_evicted: Callable[[ServingRuntime, str], object | None] = lambda runtime, name: None
     reinstall: Callable[[ServingRuntime, str, object, object], int | None] = lambda runtime, name, kept, tag: None
-    # the same form made from a built module without placing it (the host tier fills itself at start); None: the
-    # host tier keeps the validated artifact instead
-    pack: Callable[[ServingRuntime, object, object], object | None] = lambda runtime, module, tag: None
+    # the same form made from a built module without placing it (the host tier fills itself at start; it may
+    # answer None when it cannot yet); None: the kind has none, and the host tier keeps the validated artifact
+    pack: Callable[[ServingRuntime, object, object], object | None] | None = None
 
     @property
     def name(self) -> str:

@@ -112,6 +112,9 @@ class TunerRegistry:
         self._waiting: set[str] = set()
         self._lock = threading.Lock()  # the catalog and the loads in flight
         self._apply_lock = threading.Lock()  # store changes, applied one at a time and in order
+        # where a tuner is placed (the engine) and whether it is resident change together: an eviction that takes a
+        # tuner out of the engine must not undo a load of the same name that placed it again meanwhile
+        self._placement = threading.RLock()
         self.last_error: str | None = None
         self.closed = threading.Event()  # the server is stopping: background loading ends
         self.warm_up_done = threading.Event()  # the start-up warm-up (resident set, then host tier) has finished
@@ -307,8 +310,11 @@ class TunerRegistry:
         (an evicted head's packed slot: putting it back is a copy)."""
         for gone in self.resident.room_for(nbytes, keep=keep, deadline=deadline):
             served = SERVED_KINDS[gone.kind]
-            kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
-            served.uninstall(self.runtime, gone.name)
+            with self._placement:
+                if gone.name in self.resident:  # loaded again since it was chosen: that placement stays
+                    continue
+                kept = served.keep_evicted(self.runtime, gone.name) if self.host.budget > 0 else None
+                served.uninstall(self.runtime, gone.name)
             if kept is not None:
                 self.host.put(gone.name, gone.version, EvictedTuner(gone, kept), getattr(kept, "nbytes", gone.nbytes))
             if self.metrics is not None:
@@ -333,13 +339,14 @@ class TunerRegistry:
         except ResidencyError:  # no room in time: it stays in the host tier for the next try
             self.host.put(record.name, record.version, evicted, getattr(evicted.kept, "nbytes", tuner.nbytes))
             raise
-        nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
-                                                     replace(tuner, module=None, nbytes=0))
-        if nbytes is None:
-            self.resident.unreserve(tuner.nbytes)
-            return None
-        loaded = replace(tuner, nbytes=nbytes)
-        self._add_resident(loaded, tuner.nbytes)
+        with self._placement:
+            nbytes = SERVED_KINDS[record.kind].reinstall(self.runtime, record.name, evicted.kept,
+                                                         replace(tuner, module=None, nbytes=0))
+            if nbytes is None:
+                self.resident.unreserve(tuner.nbytes)
+                return None
+            loaded = replace(tuner, nbytes=nbytes)
+            self._add_resident(loaded, tuner.nbytes)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -363,17 +370,16 @@ class TunerRegistry:
             raise
         room = artifact_bytes(artifact)
         self._make_room(room, record.name, deadline)
-        try:
-            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
-                                labels=tuple(artifact.labels), created_at=artifact.created_at,
-                                metrics=dict(artifact.metrics), nbytes=0)
-            kept, nbytes = served.install(self.runtime, record.name, module, tuner)
-        except Exception as exc:
-            self.resident.unreserve(room)
-            self._failed(record, exc)
-            raise
-        loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
-        self._add_resident(loaded, room)
+        with self._placement:
+            try:
+                tuner = _loaded(record, artifact)
+                kept, nbytes = served.install(self.runtime, record.name, module, tuner)
+            except Exception as exc:
+                self.resident.unreserve(room)
+                self._failed(record, exc)
+                raise
+            loaded = LoadedTuner(**{**vars(tuner), "nbytes": nbytes, "module": kept})
+            self._add_resident(loaded, room)
         self.failures.pop(record.name, None)
         if self.metrics is not None:
             self.metrics.tuner_load_seconds.observe(time.perf_counter() - start)
@@ -381,9 +387,11 @@ class TunerRegistry:
         return loaded
 
     def _evict(self, name: str) -> None:
-        gone = self.resident.remove(name)
+        with self._placement:
+            gone = self.resident.remove(name)
+            if gone is not None:
+                SERVED_KINDS[gone.kind].uninstall(self.runtime, name)
         if gone is not None:
-            SERVED_KINDS[gone.kind].uninstall(self.runtime, name)
             self._report_residency()
 
     def ensure(self, name: str, deadline: float | None = None) -> LoadedTuner:
@@ -502,7 +510,7 @@ class TunerRegistry:
 
     def warm_up(self) -> None:
         """At start: pinned tuners first, then the newest, while they fit without evicting anything."""
-        order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+        order = self._newest_first()
         pinned = [r for r in order if r.name in self.resident.pinned]
         for record in pinned:
             if self.closed.is_set():
@@ -524,15 +532,19 @@ class TunerRegistry:
             except Exception:  # recorded as its problem; requests will say so
                 continue
 
+    def _newest_first(self) -> list[TunerRecord]:
+        return sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
+
     def fill_host_tier(self) -> None:
         """After `warm_up`: the tuners that are not resident, newest first, into the host tier while it has room
         (never evicting), each in the form its next miss reinstalls fastest (a packed head: a copy); as S-LoRA
         keeps every adapter in host memory. Runs at a lower CPU priority than serving."""
         _lower_this_threads_priority()
         try:
-            order = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
-            for record in order:
-                if self.closed.is_set() or self.host.budget <= 0:
+            if self.host.budget <= 0:
+                return
+            for record in self._newest_first():
+                if self.closed.is_set():
                     return
                 if record.name in self.resident or self.host.holds(record.name, record.version) \
                         or not self.serves(record.name)[0]:
@@ -543,7 +555,8 @@ class TunerRegistry:
                 kept, nbytes = entry
                 if self.host.nbytes + nbytes > self.host.budget:
                     return  # full: the warm-up never evicts what requests put there
-                self.host.put(record.name, record.version, kept, nbytes)
+                # newest first, each behind the last: the newest are evicted last
+                self.host.put(record.name, record.version, kept, nbytes, least_recent=True)
                 if record.name not in self._records:  # deleted meanwhile
                     self.host.discard(record.name)
                 self._report_residency()
@@ -555,10 +568,9 @@ class TunerRegistry:
         exists, else the validated artifact; None when it cannot be read now or cannot serve (noted)."""
         try:
             artifact = decode_for(self.runtime, self.store.get_bytes(record.name, record.version))
-            tuner = LoadedTuner(name=record.name, version=record.version, kind=record.kind,
-                                labels=tuple(artifact.labels), created_at=artifact.created_at,
-                                metrics=dict(artifact.metrics), nbytes=0)
-            packed = SERVED_KINDS[record.kind].pack(self.runtime, build_tuner(artifact), tuner)
+            pack = SERVED_KINDS[record.kind].pack
+            tuner = _loaded(record, artifact)
+            packed = pack(self.runtime, build_tuner(artifact), tuner) if pack is not None else None
         except Exception as exc:
             if not is_transient(exc):
                 self._failed(record, exc)
@@ -592,6 +604,12 @@ class TunerRegistry:
             budget = self.resident.budget
             self.metrics.set_tuner_requests(sorted(self.resident.leased()), waiting,
                                             "unlimited" if budget is None else str(budget // (1024 * 1024)))
+
+
+def _loaded(record: TunerRecord, artifact: TunerArtifact) -> LoadedTuner:
+    """What the registry keeps of a tuner version it serves (its bytes are filled in once it is placed)."""
+    return LoadedTuner(name=record.name, version=record.version, kind=record.kind, labels=tuple(artifact.labels),
+                       created_at=artifact.created_at, metrics=dict(artifact.metrics), nbytes=0)
 
 
 def _lower_this_threads_priority(niceness: int = 10) -> None:

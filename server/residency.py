@@ -174,7 +174,9 @@ class HostCache:
             self.nbytes -= entry[2]
             return entry[1]
 
-    def put(self, name: str, version: int, artifact, nbytes: int) -> None:
+    def put(self, name: str, version: int, artifact, nbytes: int, *, least_recent: bool = False) -> None:
+        """Keep `artifact` as the most recently used entry (`least_recent`: the first to go, as a start-up fill
+        that goes newest first puts its entries)."""
         with self._lock:
             self._discard(name)
             if nbytes > self.budget:
@@ -183,6 +185,8 @@ class HostCache:
                 _, (_, _, size) = self._entries.popitem(last=False)
                 self.nbytes -= size
             self._entries[name] = (version, artifact, nbytes)
+            if least_recent:
+                self._entries.move_to_end(name, last=False)
             self.nbytes += nbytes
 
     def discard(self, name: str) -> None:

@@ -284,6 +284,51 @@ def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_p
     store.close()
 
 
+def test_an_eviction_does_not_take_out_a_tuner_loaded_again_meanwhile(tmp_path, micro_backbone):
+    """A load that evicts alpha, and a request that loads alpha again before that eviction has taken it out of the
+    engine: alpha stays placed and resident (before, it stayed resident but left the engine, and the next request
+    or eviction naming it failed: a 404, and a 500 with KeyError in the engine's export)."""
+    from server.kinds import ServingRuntime
+    from server.registry import TunerRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    _fill(url, micro_backbone, ["alpha", "gamma", "beta"])
+    store = open_store(url)
+    engine = MultiTaskEngine(micro_backbone)
+    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine),
+                             resident_bytes=int(2.5 * _slot_mib(micro_backbone) * 1024 * 1024),
+                             host_cache_bytes=64 * 1024 * 1024)
+    registry.sync()
+    registry.ensure("alpha")
+    registry.ensure("gamma")
+    chosen, go_on = threading.Event(), threading.Event()
+    real_room_for = registry.resident.room_for
+    evicting = {}
+
+    def room_for(*args, **kwargs):
+        gone = real_room_for(*args, **kwargs)
+        if threading.current_thread() is evicting.get("thread") and not chosen.is_set():
+            chosen.set()
+            go_on.wait(timeout=10)  # alpha is out of the resident set, not yet out of the engine
+        return gone
+
+    registry.resident.room_for = room_for
+    evicting["thread"] = threading.Thread(target=lambda: registry.ensure("beta"))
+    evicting["thread"].start()
+    assert chosen.wait(timeout=10) and "alpha" not in registry.resident
+    registry.ensure("alpha")  # loaded again (evicting gamma for room) while beta's eviction of alpha waits
+    go_on.set()
+    evicting["thread"].join(timeout=10)
+    resident = {t.name for t in registry.resident.items()}
+    assert {"alpha", "beta"} <= resident
+    assert resident <= set(engine.names), (resident, engine.names)  # every resident tuner is placed
+    feats = micro_backbone.forward_features(torch.randn(1, 3, 32, 32))
+    with engine.reading() as reading:
+        reading.resolve(sorted(resident))
+    assert set(engine.run(feats, ["alpha"])) == {"alpha"}
+    store.close()
+
+
 def test_a_packed_head_that_finds_no_room_stays_in_the_host_tier(tmp_path, micro_backbone):
     from server.kinds import ServingRuntime
     from server.registry import TunerRegistry
@@ -342,6 +387,7 @@ def test_the_host_tier_fills_at_start_and_its_misses_need_no_store_and_no_build(
     assert resident == "t5"  # the newest
     held = [n for n in names if registry.host.holds(n, registry.record(n).version)]
     assert held == ["t2", "t3", "t4"]  # newest first, until the next would not fit: nothing evicted
+    assert list(registry.host._entries) == ["t2", "t3", "t4"]  # least recently used first: the newest go last
     builds, reads = [], []
     real_build, real_read = registry_module.build_tuner, registry.store.get_bytes
     monkeypatch.setattr(registry_module, "build_tuner", lambda a: builds.append(a.name) or real_build(a))
