@@ -326,7 +326,8 @@ def _generate_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--prompts", type=int, default=2, help="number of prompts P (default 2)")
     b.add_argument("--steps", type=int, default=None, help="default: 10 for tiny-random and tiny-trained, 50 for a "
                                                             "real model")
-    b.add_argument("--guidance-scale", type=float, default=3.0)
+    b.add_argument("--guidance-scale", type=float, default=None,
+                   help="default: the model's (3.0; tiny-trained's generation_defaults.json: 1.5)")
     b.add_argument("--height", type=int, default=None)
     b.add_argument("--width", type=int, default=None)
     b.add_argument("--tuners", choices=("trained", "random"), default=None,
@@ -362,8 +363,9 @@ def _styles_args(b: argparse.ArgumentParser) -> None:
                    help="a model trained by `restune train base-diffusion` (default tiny-trained)")
     b.add_argument("--prompts", type=positive_int, default=96, help="evaluation prompts (scene captions; default 96)")
     b.add_argument("--steps", type=positive_int, default=25, help="sampler steps per image (default 25; the model's default sampler)")
-    b.add_argument("--guidance-scale", type=float, default=3.0)
-    b.add_argument("--style-steps", type=positive_int, default=300, help="training steps per style (default 300)")
+    b.add_argument("--guidance-scale", type=float, default=None,
+                   help="default: the model's (tiny-trained: 1.5, from its generation_defaults.json)")
+    b.add_argument("--style-steps", type=positive_int, default=1200, help="training steps per style (default 1200)")
     b.add_argument("--style-images", type=positive_int, default=48, help="images per style set (default 48)")
     b.add_argument("--classifier-scenes", type=positive_int, default=6000,
                    help="drawn scenes the shape classifier trains on (default 6000)")

@@ -29,7 +29,7 @@ IN_PROCESS_URL = "http://restune.in-process"
 # The in-process server's classification side is never called: the smallest in-code backbone keeps it cheap.
 IN_PROCESS_BACKBONE = ("restune_vit_micro", "random:0")
 GRID_STEPS = 25
-GRID_GUIDANCE = 3.0
+GRID_GUIDANCE = None  # the model's default (tiny-trained: 1.5; SD: 3.0)
 
 
 def in_process_settings(store: str, model: str, device: str = "cpu") -> ServerSettings:
@@ -99,10 +99,11 @@ def run_style_demo(*, model: str = "tiny-trained", store: str | None = None, ser
     response = generate_via_api(prompts, columns, store=store, model=model, server=server, device=device,
                                 steps=GRID_STEPS, guidance_scale=GRID_GUIDANCE, seed=seed)
     images = decode_images(response)
+    guidance = response.get("guidance_scale", pipeline.limits.default_guidance)
     grid = prompt_style_grid(images, prompts, columns,
                              caption=f"{pipeline.name}: one POST /v1/generate, {len(prompts)} prompts x "
                                      f"{len(columns)} styles, {GRID_STEPS} {pipeline.sampler_label} steps, guidance "
-                                     f"{GRID_GUIDANCE:g}, seed {seed} (prompt i: seed + i)")
+                                     f"{guidance:g}, seed {seed} (prompt i: seed + i)")
     grid_path = Path(grid_path)
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)

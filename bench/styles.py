@@ -60,7 +60,7 @@ def generate_all(pipeline, prompts: list[str], styles: list[str], tuners: dict, 
 
 
 def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: int = GRID_STEPS,
-                     guidance_scale: float = GRID_GUIDANCE, style_steps: int = DEMO_STEPS,
+                     guidance_scale: float | None = GRID_GUIDANCE, style_steps: int = DEMO_STEPS,
                      style_images: int = DEMO_IMAGES, classifier_scenes: int = 6000, classifier_epochs: int = 40,
                      seed: int = 0, device: str = "cpu", threads: int | None = None,
                      progress: bool = True) -> tuple[dict, object]:
@@ -71,6 +71,8 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
                           f"{prompts}, {steps}, {classifier_scenes}")
     start = time.perf_counter()
     pipeline = StylePipeline.load(model, device=device, dtype="float32")
+    if guidance_scale is None:
+        guidance_scale = pipeline.limits.default_guidance
     classifier = train_shape_classifier(train_size=classifier_scenes, epochs=classifier_epochs, progress=progress)
     styles = train_demo_styles(pipeline, steps=style_steps, images=style_images, seed=seed, progress=progress)
     tuners = {name: s.tuner for name, s in styles.items()}

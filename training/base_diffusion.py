@@ -6,8 +6,9 @@ the style bypass, the pipeline, the server and the style trainer run on it uncha
 - text: a `CLIPTokenizer` whose vocabulary is the 256 byte symbols (any text still tokenises) plus byte-pair
   merges that make each word of the scene captions one token (`word_tokenizer`), and a `CLIPTextModel`
   (hidden 64, 2 layers, 20 positions) trained with the U-Net;
-- U-Net: a `UNet2DConditionModel` on a 16×16 grid: DownBlock2D at 16×16 (32 channels) and 8×8 (64), a
-  CrossAttnDownBlock2D at 4×4 (64), the cross-attention mid block and the mirrored up blocks; 1 layer per block;
+- U-Net: a `UNet2DConditionModel` on a 16×16 grid: a DownBlock2D at 16×16 (32 channels), CrossAttnDownBlock2D
+  at 8×8 and 4×4 (64), the cross-attention mid block and the mirrored up blocks, 1 layer per block; the caption,
+  attention-pooled, also joins every ResNet block's timestep embedding (`addition_embed_type="text"`);
 - no VAE: it denoises pixels folded 2×2 into 12 channels (`restuning.diffusion.pixel_space`): 32×32 images.
   (Folded 4×4 into 48 channels on an 8×8 grid, measured: even from a lightly noised scene the U-Net returned a
   blurred blob, not the shape; 2×2 gave the edges back);
@@ -93,6 +94,14 @@ SCHEDULER_CONFIG: dict = {
     "trained_betas": None,
 }
 LR_FLOOR = 0.1  # the cosine decays to this share of the peak rate
+# What a request that does not say gets on the trained model (written as its generation_defaults.json).
+GENERATION_DEFAULTS: dict = {
+    "steps": 25,
+    "sampler": "ddim",
+    "guidance_scale": 1.5,
+    "reason": "the guidance at which the prompted shape was recognised most often, measured on 96 held-out scene "
+              "prompts at 25 DDIM steps (docs/diffusion.md); Stable Diffusion's 3.0 recognised fewer",
+}
 
 
 def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
@@ -257,7 +266,8 @@ def train_base_diffusion(config: BaseDiffusionConfig, out: str | Path, *, progre
     out.mkdir(parents=True, exist_ok=True)
     save_components(DiffusionComponents(name=TINY_TRAINED, unet=unet.half(), vae=codec, text_encoder=text_encoder.half(),
                                         tokenizer=tokenizer, scheduler_config=dict(SCHEDULER_CONFIG),
-                                        source="restune train base-diffusion"), out)
+                                        source="restune train base-diffusion",
+                                        generation_defaults=dict(GENERATION_DEFAULTS)), out)
     loaded = load_directory(out)  # what every user of the directory will see: float16 weights read as float32
     tail = losses[-max(1, len(losses) // 10):]
     record = {

@@ -18,7 +18,7 @@ from restuning.options import option
 class BaseDiffusionConfig:
     """`restune train base-diffusion`: every field is also its flag (--field-name)."""
 
-    steps: int = option(1200, help="optimizer steps")
+    steps: int = option(1700, help="optimizer steps")
     batch_size: int = option(64, help="scenes per step (a fresh batch every step)")
     lr: float = option(2e-3, help="peak AdamW learning rate (linear warm-up, then cosine decay to a tenth)")
     warmup_steps: int = option(100, help="linear learning-rate warm-up")

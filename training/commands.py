@@ -85,7 +85,7 @@ def register(groups, *, diffusion_demo=None) -> None:
     g.add_argument("--server", default=None, help="generate the grid on this server (it must read --store); "
                                                   "default: the server app in this process")
     g.add_argument("--grid", default="style-demo-grid.png", help="the grid PNG (default ./style-demo-grid.png)")
-    g.add_argument("--style-steps", type=positive_int, default=None, help="training steps per style (default 300)")
+    g.add_argument("--style-steps", type=positive_int, default=None, help="training steps per style (default 1200)")
     g.add_argument("--style-images", type=positive_int, default=None, help="images per style set (default 48)")
     d.set_defaults(handler=_demo, diffusion_demo=diffusion_demo)
 

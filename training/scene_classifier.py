@@ -91,7 +91,7 @@ def train_shape_classifier(*, train_size: int = 6000, test_size: int = 600, epoc
     splits = make_splits(pool, val_fraction=0.1, seed=seed, test=test)
     spec = MethodSpec(method="bypass", pooling="avg", dim=dim)
     model = build_model(spec, net, [(TASK, len(scene_data.SHAPES))], seed=seed)
-    settings = TrainSettings(method="bypass", epochs=epochs, batch_size=32, lr=lr, seed=seed, augment=False,
+    settings = TrainSettings(method="bypass", epochs=epochs, batch_size=32, lr=lr, seed=seed, augment="off",
                              feature_cache=True, cache_views=1, progress=progress, log_epochs=False)
     result = Trainer(net, splits, model, settings).fit()
     classifier = ShapeClassifier(net, model.head(TASK).eval(), dict(result.metrics[TASK]), 0.0, {

@@ -33,6 +33,9 @@ class StyleTrainConfig:
     lr: float = option(1e-4, help="constant AdamW learning rate (Table 11: 1e-4)")
     # Table 11 names AdamW without a decay; this is AdamW's usual default
     weight_decay: float = option(1e-2, help="AdamW weight decay")
+    snr_gamma: float = option(5.0, help="models that predict the clean image (tiny-trained): each timestep's loss "
+                                        "weighted by min(SNR, gamma) + 1, as the base model trained (0: unweighted); "
+                                        "ε- and v-predicting models (SD) are always unweighted")
     flip: bool = option(True, help="random horizontal flips (Table 11); --no-flip when captions say left or right")
     seed: int = option(0, help="seed of the tuner's initialisation, the image order and the noise")
     device: str = option("auto", help="auto, cpu, cuda, cuda:1 …")
@@ -67,6 +70,8 @@ class StyleTrainConfig:
             problems.append(f"--lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.snr_gamma, (int, float)) and math.isfinite(self.snr_gamma) and self.snr_gamma >= 0):
+            problems.append(f"--snr-gamma must be a number >= 0, got {self.snr_gamma!r}")
         if self.dtype not in TRAIN_DTYPES:
             problems.append(f"--dtype {self.dtype!r} is not supported for training; choose one of {choices(TRAIN_DTYPES)}")
         return problems

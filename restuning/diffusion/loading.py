@@ -21,14 +21,15 @@ The weights are random: images from `tiny-random` are not pictures of anything.
 `tiny-trained` is a model trained here from scratch (`restune train base-diffusion`, see
 `training.base_diffusion`) on procedural captioned scenes, shipped in this package as a model directory
 (`assets/tiny-trained/`, float16 safetensors, `training.json` records the command, seed and time). It denoises
-pixels folded 4×4 into latents (`restuning.diffusion.pixel_space`) instead of a VAE's latents: its `vae/`
-folder holds only the config of that weightless codec.
+pixels folded 2×2 into latents (`restuning.diffusion.pixel_space`) instead of a VAE's latents: its `vae/`
+folder holds only the config of that weightless codec. Its `generation_defaults.json` sets what a request that
+does not say gets (25 DDIM steps, guidance 1.5: the setting it was evaluated at, see docs/diffusion.md).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +45,10 @@ BUILT_IN = (TINY_RANDOM, TINY_TRAINED)
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 WEIGHT_SUFFIXES_SAFE = (".safetensors",)
 WEIGHT_SUFFIXES_UNSAFE = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+GENERATION_DEFAULTS_FILE = "generation_defaults.json"
+# key -> (type, what it must be); "reason" is free text for the person reading the file
+GENERATION_DEFAULT_KEYS = {"steps": "a positive integer", "guidance_scale": "a number >= 1",
+                           "sampler": "a sampler name", "reason": "text"}
 
 # Stable Diffusion v1.5 scheduler/scheduler_config.json (PNDM) — also used for tiny-random.
 SD15_SCHEDULER_CONFIG: dict = {
@@ -112,6 +117,9 @@ class DiffusionComponents:
     tokenizer: object
     scheduler_config: dict
     source: str  # "tiny-random:<seed>" or the directory
+    # What a request that does not say gets on this model (`generation_defaults.json`): e.g. the guidance at
+    # which it was evaluated. Empty: the paper's defaults (GenerationLimits).
+    generation_defaults: dict = field(default_factory=dict)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -178,7 +186,25 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike) ->
         else "PNDMScheduler"
     scheduler = {"_class_name": sampler_class, **components.scheduler_config}
     (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+    if components.generation_defaults:
+        (path / GENERATION_DEFAULTS_FILE).write_text(json.dumps(components.generation_defaults, indent=2) + "\n")
     return path
+
+
+def generation_defaults_problems(defaults: object, where: str) -> list[str]:
+    if not isinstance(defaults, dict):
+        return [f"{where} must hold a JSON object with any of {sorted(GENERATION_DEFAULT_KEYS)}"]
+    problems = [f"{where}: unknown key {k!r}; the keys are {sorted(GENERATION_DEFAULT_KEYS)}"
+                for k in defaults if k not in GENERATION_DEFAULT_KEYS]
+    steps, guidance = defaults.get("steps", 1), defaults.get("guidance_scale", 1.0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        problems.append(f"{where}: steps must be {GENERATION_DEFAULT_KEYS['steps']}, got {steps!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 1:
+        problems.append(f"{where}: guidance_scale must be {GENERATION_DEFAULT_KEYS['guidance_scale']}, "
+                        f"got {guidance!r}")
+    if not isinstance(defaults.get("sampler", ""), str) or not isinstance(defaults.get("reason", ""), str):
+        problems.append(f"{where}: sampler and reason must be strings")
+    return problems
 
 
 def _pixel_space_config(folder: Path) -> dict | None:
@@ -248,6 +274,15 @@ def load_directory(path: str | os.PathLike) -> DiffusionComponents:
         loaded = json.loads(sched_file.read_text())
         scheduler_config.update({k: v for k, v in loaded.items() if not k.startswith("_")})
     problems = []
+    generation_defaults: dict = {}
+    defaults_file = path / GENERATION_DEFAULTS_FILE
+    if defaults_file.is_file():
+        try:
+            generation_defaults = json.loads(defaults_file.read_text())
+        except ValueError as exc:
+            problems.append(f"{defaults_file} is not valid JSON: {exc}")
+        else:
+            problems += generation_defaults_problems(generation_defaults, str(defaults_file))
     if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
         problems.append(f"text encoder hidden size {text_encoder.config.hidden_size} does not match the U-Net's "
                         f"cross_attention_dim {unet.config.cross_attention_dim}")
@@ -260,6 +295,7 @@ def load_directory(path: str | os.PathLike) -> DiffusionComponents:
     return DiffusionComponents(
         name=path.resolve().name, unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
         tokenizer=tokenizer, scheduler_config=scheduler_config, source=str(path.resolve()),
+        generation_defaults=generation_defaults,
     )
 
 

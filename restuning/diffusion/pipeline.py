@@ -306,6 +306,23 @@ def limits_for_prediction(limits: GenerationLimits, prediction_type: str) -> Gen
     return replace(limits, samplers=samplers, default_sampler=default)
 
 
+def with_model_defaults(limits: GenerationLimits, defaults: dict) -> GenerationLimits:
+    """`limits` whose defaults are the model's own (`generation_defaults.json`), where it has them."""
+    changes = {}
+    if "steps" in defaults:
+        changes["default_steps"] = min(max(int(defaults["steps"]), limits.min_steps), limits.max_steps)
+    if "guidance_scale" in defaults:
+        changes["default_guidance"] = min(max(float(defaults["guidance_scale"]), limits.min_guidance),
+                                          limits.max_guidance)
+    if "sampler" in defaults:
+        sampler = SAMPLER_ALIASES.get(defaults["sampler"], defaults["sampler"])
+        if sampler not in limits.samplers:
+            raise ConfigError(f"the model's default sampler {defaults['sampler']!r} is not one of "
+                              f"{choices([*limits.samplers, *SAMPLER_ALIASES])}")
+        changes["default_sampler"] = sampler
+    return replace(limits, **changes)
+
+
 def _scheduler_kwargs(cls, config: dict) -> dict:
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in config.items() if k in params}
@@ -343,7 +360,8 @@ class StylePipeline:
         self.source = components.source
         self.scheduler_config = dict(components.scheduler_config)
         self.prediction_type = str(self.scheduler_config.get("prediction_type", "epsilon"))
-        self.limits = limits_for_prediction(limits, self.prediction_type)
+        self.limits = limits_for_prediction(with_model_defaults(limits, components.generation_defaults),
+                                            self.prediction_type)
         # The fingerprint is taken before any dtype cast, so it names the weights, not the precision.
         self.fingerprint = unet_fingerprint(components.unet)
         for module in (components.unet, components.vae, components.text_encoder):

@@ -19,8 +19,8 @@ def test_train_base_diffusion_writes_a_directory_the_pipeline_loads(tmp_path, ca
     assert record["config"]["steps"] == 2 and record["seed"] == 0 and record["images_seen"] == 8
     assert record["weights_dtype"] == "float16" and record["parameters"]["vae"] == 0
     assert json.loads((out / "training.json").read_text())["unet_fingerprint"] == record["unet_fingerprint"]
-    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "tokenizer", "training.json",
-                                                      "unet", "vae"]
+    assert sorted(p.name for p in out.iterdir()) == ["generation_defaults.json", "scheduler", "text_encoder",
+                                                      "tokenizer", "training.json", "unet", "vae"]
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".pkl")]
 
     from safetensors import safe_open
@@ -36,6 +36,32 @@ def test_train_base_diffusion_writes_a_directory_the_pipeline_loads(tmp_path, ca
     result = pipe.generate(["a red circle on the left"], ["base", "s"], {"s": pipe.new_tuner(seed=0)}, steps=2,
                            seed=0)
     assert [im.image.size for im in result.images] == [(32, 32), (32, 32)]
+    # a request that does not say gets the model's own defaults (generation_defaults.json)
+    assert (pipe.limits.default_steps, pipe.limits.default_guidance, pipe.limits.default_sampler) == (25, 1.5, "ddim")
+    assert result.request.guidance_scale == 1.5 and result.request.sampler == "ddim"
+
+
+def test_a_model_directory_s_generation_defaults_are_checked(tmp_path):
+    """A bad generation_defaults.json is refused with every problem in one error; without one, SD's defaults."""
+    from restuning.diffusion.loading import build_tiny_random, load_components, save_components
+    from restuning.diffusion.pipeline import StylePipeline
+    from restuning.errors import ConfigError
+
+    model = save_components(build_tiny_random(), tmp_path / "model")
+    pipe = StylePipeline.load(str(model))
+    assert (pipe.limits.default_steps, pipe.limits.default_guidance, pipe.limits.default_sampler) == (50, 3.0, "pndm")
+    (model / "generation_defaults.json").write_text(json.dumps({"steps": 0, "guidance_scale": 0.5, "cfg": 2}))
+    with pytest.raises(ConfigError) as err:
+        load_components(str(model))
+    for needle in ("unknown key 'cfg'", "steps must be a positive integer, got 0",
+                   "guidance_scale must be a number >= 1, got 0.5"):
+        assert needle in str(err.value)
+    (model / "generation_defaults.json").write_text(json.dumps({"sampler": "euler"}))
+    with pytest.raises(ConfigError, match="default sampler 'euler' is not one of"):
+        StylePipeline.load(str(model))
+    (model / "generation_defaults.json").write_text(json.dumps({"guidance_scale": 2, "sampler": "plms"}))
+    pipe = StylePipeline.load(str(model))
+    assert (pipe.limits.default_steps, pipe.limits.default_guidance, pipe.limits.default_sampler) == (50, 2.0, "pndm")
 
 
 def test_train_base_diffusion_refuses_bad_settings_and_a_used_directory(tmp_path, capsys):
