@@ -23,7 +23,7 @@ test: system-deps $(STAMP)
 	$(PY) -m pytest -q
 
 serve: $(STAMP)
-	$(VENV)/bin/restune serve --demo-if-empty
+	$(VENV)/bin/restune serve --demo-if-empty --diffusion-model tiny-trained
 
 clean:
 	rm -rf $(VENV) build *.egg-info

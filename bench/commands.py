@@ -8,6 +8,8 @@ command line (`restune --help`, and installs without torch) never pays for them.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,7 +147,7 @@ def _train_memory_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--device", default="auto")
     b.add_argument("--diffusion", action="store_true",
                    help="measure Stable Diffusion style tuning instead (bypass vs full U-Net fine-tuning)")
-    b.add_argument("--diffusion-model", default=None, help="--diffusion: a diffusers directory or tiny-random")
+    b.add_argument("--diffusion-model", default=None, help="--diffusion: a diffusers directory, tiny-trained or tiny-random")
     b.add_argument("--diffusion-batch-size", type=int, default=None)
     b.add_argument("--diffusion-resolution", type=int, default=None)
     b.add_argument("--diffusion-steps", type=int, default=None)
@@ -318,15 +320,18 @@ def _tuners(args):
 # -- generate -------------------------------------------------------------------------------------------------
 
 def _generate_args(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--diffusion-model", default="tiny-random", help="'tiny-random' or a diffusers directory")
+    b.add_argument("--diffusion-model", default="tiny-random",
+                   help="'tiny-random', 'tiny-trained' or a diffusers directory")
     b.add_argument("--styles", type=int, default=10, help="number of styles S (default 10)")
     b.add_argument("--prompts", type=int, default=2, help="number of prompts P (default 2)")
-    b.add_argument("--steps", type=int, default=None, help="default: 10 for tiny-random, 50 for a real model")
-    b.add_argument("--guidance-scale", type=float, default=3.0)
+    b.add_argument("--steps", type=int, default=None, help="default: 10 for tiny-random and tiny-trained, 50 for a "
+                                                            "real model")
+    b.add_argument("--guidance-scale", type=float, default=None,
+                   help="default: the model's (3.0; tiny-trained's generation_defaults.json: 1.5)")
     b.add_argument("--height", type=int, default=None)
     b.add_argument("--width", type=int, default=None)
     b.add_argument("--tuners", choices=("trained", "random"), default=None,
-                   help="style tuners: quick-trained here (default for tiny-random) or random non-zero")
+                   help="style tuners: quick-trained here (default for the tiny models) or random non-zero")
     b.add_argument("--train-steps", type=int, default=60, help="steps per quick-trained style (lr 1e-3)")
     b.add_argument("--store", default=None, help="use this store's diffusion tuners instead")
     b.add_argument("--repeats", type=int, default=3)
@@ -349,6 +354,60 @@ def _generate(args):
         threads=args.threads,
     )
     return generate_result(payload, grid, args.device)
+
+
+# -- styles ---------------------------------------------------------------------------------------------------
+
+def _styles_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--diffusion-model", default="tiny-trained",
+                   help="a model trained by `restune train base-diffusion` (default tiny-trained)")
+    b.add_argument("--prompts", type=positive_int, default=96, help="evaluation prompts (scene captions; default 96)")
+    b.add_argument("--steps", type=positive_int, default=25, help="sampler steps per image (default 25; the model's default sampler)")
+    b.add_argument("--guidance-scale", type=float, default=None,
+                   help="default: the model's (tiny-trained: 1.5, from its generation_defaults.json)")
+    b.add_argument("--style-steps", type=positive_int, default=1200, help="training steps per style (default 1200)")
+    b.add_argument("--style-images", type=positive_int, default=48, help="images per style set (default 48)")
+    b.add_argument("--classifier-scenes", type=positive_int, default=6000,
+                   help="drawn scenes the shape classifier trains on (default 6000)")
+    b.add_argument("--classifier-epochs", type=positive_int, default=40)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def _styles(args):
+    from bench.styles import run_styles_bench, styles_result  # torch, diffusers
+
+    payload, grid = run_styles_bench(
+        model=args.diffusion_model, prompts=args.prompts, steps=args.steps, guidance_scale=args.guidance_scale,
+        style_steps=args.style_steps, style_images=args.style_images, classifier_scenes=args.classifier_scenes,
+        classifier_epochs=args.classifier_epochs, seed=args.seed, device=args.device, threads=args.threads,
+        progress=_progress(args),
+    )
+    return styles_result(payload, grid, args.device)
+
+
+def diffusion_demo(args) -> int:
+    """`restune demo --diffusion` (training.commands registers the flags; this runs above the server layer)."""
+    from bench.style_demo import run_style_demo  # torch, diffusers, the server app
+
+    store = args.store or os.environ.get("RESTUNE_STORE") or None  # as `restune demo` picks its store
+    sizes = {k: v for k, v in (("steps", args.style_steps), ("images", args.style_images)) if v is not None}
+    summary = run_style_demo(model=args.diffusion_model, store=store, server=args.server, grid_path=args.grid,
+                             seed=args.seed, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
+                             **sizes)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for name, s in summary["styles"].items():
+        print(f"style {name!r}: {s['steps']} steps in {s['train_seconds']:.1f} s, fixed-noise loss "
+              f"{s['eval_loss_base']:.4f} -> {s['eval_loss_trained']:.4f}; pushed {s['pushed']}")
+    changes = ", ".join(f"{k} {v}" for k, v in summary["pixels_mean_abs_diff_to_base"].items())
+    print(f"grid ({len(summary['prompts'])} prompts x {', '.join(summary['columns'])}) from one POST /v1/generate "
+          f"({summary['server']}): {summary['grid']}; mean |style - base| per pixel (0-255): {changes}")
+    print(f"serve them: restune serve --diffusion-model {args.diffusion_model} --store {summary['store']}")
+    return 0
 
 
 # -- wiring ---------------------------------------------------------------------------------------------------
@@ -378,6 +437,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("generate", "S styles x P prompts in one pass vs S sequential runs", _generate_args, _generate),
     Benchmark("tuners", "a real server holding N tuners (up to thousands) vs one holding 5: throughput, cold misses, "
               "hot-load, memory, start-up", _tuners_args, _tuners),
+    Benchmark("styles", "tiny-trained: prompted shapes in base images, style strength, content kept",
+              _styles_args, _styles),
 )
 
 

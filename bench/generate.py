@@ -5,10 +5,12 @@ interleaved (`bench.common.interleaved_medians`), so machine drift hits both ali
 result JSON goes to bench/results/, with a grid PNG of one prompt across `base` and every style.
 
 Style tuners for the grid and the timing:
-- `trained` (default for tiny-random): each style is quick-trained here, through the real training
-  path (`training.style.train_style`), on generated images of one colour and texture
+- `trained` (default for tiny-random and tiny-trained): each style is quick-trained here, through the real
+  training path (`training.style.train_style`), on generated images of one colour and texture
   (e.g. red stripes). tiny-random's VAE has random weights, so its decoded images are not pictures
   and do not show the training colours; the grid shows that each style *changes* the output.
+  With tiny-trained the prompts are scene captions (what it was trained to draw); `restune bench styles`
+  measures how well its styles show.
 - `random`: tuners with random, non-zero weights where the zero-init would put zeros (no
   training); the compute is identical, so timing is unaffected.
 - `--store URL`: the store's diffusion tuners trained on this exact U-Net, first S by name.
@@ -32,8 +34,10 @@ from tqdm.auto import tqdm
 from bench.common import device_slug, interleaved_medians, machine_info
 from bench.results import BenchResult
 from restuning.devices import resolve_device
+from restuning.diffusion.loading import TINY_RANDOM, TINY_TRAINED
 from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
 from restuning.errors import ConfigError
+from training.scenes import scenes
 from training.style import StyleTrainConfig, train_style
 from tuner_store.urls import open_store
 
@@ -177,6 +181,8 @@ def image_grid(images, labels: list[str], caption: str | None = None, *, diff_ga
     return grid
 
 
+# What tiny-trained knows how to draw: captions of procedural scenes (training.scenes), from a seed no training uses.
+SCENE_PROMPTS = tuple(s.caption for s in scenes(10, 950))
 PROMPTS = ("a lighthouse on a cliff at dusk", "a bowl of fruit on a wooden table", "a city street in the rain",
            "a mountain lake with pine trees", "a portrait of an old sailor", "a red bicycle by a wall",
            "a cat sleeping on a sofa", "a sailing boat on the sea", "a snowy village at night",
@@ -189,7 +195,7 @@ def run_generate_bench(
     styles: int = 10,
     prompts: int = 2,
     steps: int | None = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     device: str = "auto",
@@ -219,7 +225,8 @@ def run_generate_bench(
     if problems:
         raise ConfigError(problems)
     pipeline = StylePipeline.load(model, device=device, dtype=dtype)
-    is_tiny = model.startswith("tiny-random")
+    is_random = model.startswith(TINY_RANDOM)
+    is_tiny = is_random or model == TINY_TRAINED
     steps = steps or (10 if is_tiny else 50)
     tuner_source = "store" if store else (tuners or ("trained" if is_tiny else "random"))
     specs = style_specs(styles)
@@ -233,7 +240,7 @@ def run_generate_bench(
     else:
         style_tuners = {spec.name: random_tuner(pipeline, seed + i) for i, spec in enumerate(specs)}
     names = list(style_tuners)
-    prompt_list = list(PROMPTS[:prompts])
+    prompt_list = list((SCENE_PROMPTS if model == TINY_TRAINED else PROMPTS)[:prompts])
     options = dict(steps=steps, guidance_scale=guidance_scale, seed=seed, height=height, width=width)
 
     def one_pass():
@@ -259,7 +266,7 @@ def run_generate_bench(
     caption = {"trained": f"quick-trained {train_steps} steps (lr {QUICK_LR:g}) on generated colour/texture images",
                "random": "random non-zero tuners (not trained)",
                "store": f"tuners from {store}"}[tuner_source]
-    if is_tiny:
+    if is_random:
         caption += "; tiny-random: random VAE, images are not pictures"
     grid = image_grid([g.image for g in grid_result.images], [g.style for g in grid_result.images],
                       caption=f"{prompt_list[0]!r}, seed {seed}: {caption}")
@@ -278,7 +285,7 @@ def run_generate_bench(
         "steps": steps,
         "unet_forwards_per_run": int(together.timings_ms["unet_forwards"]),
         "sampler": together.request.sampler,
-        "guidance_scale": guidance_scale,
+        "guidance_scale": together.request.guidance_scale,
         "height": together.request.height,
         "width": together.request.width,
         "tuners": tuner_source,
@@ -292,7 +299,7 @@ def run_generate_bench(
         "one_pass_unet_batch": int(together.timings_ms["unet_batch"]),
         "sequential_unet_batch": int(apart[0].timings_ms["unet_batch"]),
         "max_abs_pixel_diff_one_pass_vs_sequential": max(diffs),
-        "target": {"tiny-random cpu": 0.8, "sd-v1.5 512 gpu, S=10": 0.5},
+        "target": {"tiny-random cpu": 0.8, "tiny-trained cpu": 0.8, "sd-v1.5 512 gpu, S=10": 0.5},
         "prompt_list": prompt_list,
     }
     if math.isfinite(ratio):

@@ -9,7 +9,9 @@
 #   3. `restune bench multitask --device cuda` for ViT-B/16, fp16 and bf16, batch 1 and 32, token and
 #      mean pooling, 1 and 19 heads: backbone, fused engine, PyTorch engine, per-stage Triton engine,
 #      naive per-head loop, 19 full models — all in one process per dtype, interleaved;
-#   4. `restune bench train-memory` on CUDA, if that command exists;
+#   4. `restune bench train-memory` on CUDA, if that command exists; with RESTUNE_SD_DIR set to a local
+#      Stable Diffusion v1.5 diffusers directory, also `restune bench generate` (10 styles x 2 prompts,
+#      512², one pass vs sequential) and `restune bench train-memory --diffusion` on it;
 #   5. `restune bench tuners --device cuda` at N = 2,000 (token and mean pooling), if the server's packages
 #      are installed;
 #   6. the full native kernel test product (tests/kernels -m cuda), with the time that is left.
@@ -143,6 +145,20 @@ if [ -n "$PY" ] && [ -z "${SUMMARY_ONLY:-}" ]; then
         printf '%s\t%s\t%s\t%s\n' bench-train-memory skipped "" 0 >>"$STEPS"
     fi
     rm -f "$OUT/.tm-help"
+
+    # -- 4b. Stable Diffusion style tuners, only when SD weights are here ---------------------------
+    # RESTUNE_SD_DIR: a local SD v1.5 diffusers directory (safetensors); nothing is downloaded. Unset by
+    # default, so the budget above is unchanged.
+    if [ -n "${RESTUNE_SD_DIR:-}" ] && [ -d "${RESTUNE_SD_DIR:-}" ]; then
+        step bench-generate-sd 150 bash -c "restune bench generate --device cuda --diffusion-model \
+            '$RESTUNE_SD_DIR' --styles 10 --prompts 2 --steps 25 --tuners random --repeats 2 --warmup 1 \
+            --no-progress --out-dir '$OUT'"
+        step bench-train-memory-sd 90 bash -c "restune bench train-memory --diffusion --diffusion-model \
+            '$RESTUNE_SD_DIR' --device cuda --no-progress --out-dir '$OUT/train-memory'"
+    else
+        log "SKIP bench-generate-sd: set RESTUNE_SD_DIR to a local Stable Diffusion v1.5 diffusers directory"
+        printf '%s\t%s\t%s\t%s\n' bench-generate-sd skipped "" 0 >>"$STEPS"
+    fi
 
     # -- 5. thousands of tuners on the GPU: N = 2,000 vs 5 (needs the server's packages) ----------------
     if "$PY" -c "import fastapi, uvicorn, multipart, prometheus_client" >/dev/null 2>&1; then

@@ -29,14 +29,15 @@ def register(groups) -> None:
     p.add_argument("--styles", type=_csv, default=["base"], help="comma-separated style names; 'base' = no tuner")
     p.add_argument("--out", default="generated", help="folder for the PNGs (default ./generated)")
     p.add_argument("--server", default=None, help="server URL: generate there instead of locally")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default 3.0)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="prompt i uses seed+i for every style (default random)")
     p.add_argument("--height", type=int, default=None, help="default: the model's size (512 for SD v1.5)")
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--sampler", default=None, help="pndm (= plms, default) or ddim")
+    p.add_argument("--sampler", default=None, help="pndm (= plms) or ddim (default: the model's)")
     p.add_argument("--diffusion-model", default=os.environ.get("RESTUNE_DIFFUSION_MODEL", "tiny-random"),
-                   help="local run: 'tiny-random' or a diffusers directory (default $RESTUNE_DIFFUSION_MODEL)")
+                   help="local run: 'tiny-trained', 'tiny-random' or a diffusers directory (default "
+                        "$RESTUNE_DIFFUSION_MODEL)")
     p.add_argument("--store", default=None, help="local run: store URL holding the style tuners "
                                                  "(default $RESTUNE_STORE or file://./data/tuners)")
     p.add_argument("--tuner-file", action="append", default=[], metavar="FILE",

@@ -20,8 +20,8 @@ from clients import generate_commands
 from restuning import commands as model_commands
 from restuning.errors import RestuneError
 from server import commands as server_commands
+from training import base_diffusion_commands, style_commands
 from training import commands as training_commands
-from training import style_commands
 from tuner_store import commands as store_commands
 
 # Long-running commands report their progress as INFO log lines; every other command prints its answer
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     groups = CommandGroups(top=top, train=train, bench=bench, tuners=tuners)
     model_commands.register(groups)
     store_commands.register(groups)
-    training_commands.register(groups)
+    training_commands.register(groups, diffusion_demo=bench_commands.diffusion_demo)
     style_commands.register(groups)
+    base_diffusion_commands.register(groups)
     server_commands.register(groups, before=training_commands.seed_demo_store, hints=training_commands.serve_hints)
     client_commands.register(groups)
     generate_commands.register(groups)

@@ -24,8 +24,8 @@ def register(groups) -> None:
     p.add_argument("--block", default="none", help="restuning: tuner beside the whole block")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--diffusion", nargs="?", const="sd-v1.5", default=None, metavar="MODEL",
-                   help="count the U-Net style bypass instead: sd-v1.5 (default, meta device), tiny-random or a "
-                        "diffusers directory")
+                   help="count the U-Net style bypass instead: sd-v1.5 (default, meta device), tiny-random, "
+                        "tiny-trained or a diffusers directory")
     p.set_defaults(handler=_describe)
 
 

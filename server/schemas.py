@@ -90,12 +90,14 @@ class GenerateRequest(BaseModel):
     prompts: list[str] = Field(..., min_length=1, description="text prompts")
     styles: list[str] = Field(default_factory=lambda: ["base"], min_length=1,
                               description="style tuner names; 'base' is the plain U-Net")
-    steps: int | None = Field(None, description="denoising steps (default 50)")
-    guidance_scale: float | None = Field(None, description="classifier-free guidance (default 3.0)")
+    steps: int | None = Field(None, description="denoising steps (default: the model's: 50 for Stable Diffusion, 25 for tiny-trained)")
+    guidance_scale: float | None = Field(None, description="classifier-free guidance (default: the model's: 3.0 for Stable Diffusion, 1.5 for "
+                                                                  "tiny-trained)")
     seed: int | None = Field(None, ge=0, description="prompt i uses seed + i for every style (default: random)")
     height: int | None = Field(None, description="pixels, a multiple of the model's size step")
     width: int | None = Field(None, description="pixels, a multiple of the model's size step")
-    sampler: str | None = Field(None, description="pndm (PLMS, default) or ddim")
+    sampler: str | None = Field(None, description="pndm (PLMS) or ddim (default: the model's: pndm for Stable Diffusion, "
+                                                           "ddim for tiny-trained)")
 
 
 class GeneratedImageOut(BaseModel):

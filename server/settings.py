@@ -53,8 +53,8 @@ class ServerSettings(BaseSettings):
     max_image_mb: float = Field(20.0, gt=0, description="limit of one image (encoded bytes), in MiB")
     max_image_pixels: int = Field(40_000_000, gt=0, description="limit of one decoded image, in pixels")
     default_top_k: int = Field(5, ge=1, description="labels per task when a request does not say")
-    diffusion_model: str | None = Field(None, description="a diffusers directory or tiny-random; enables "
-                                                          "POST /v1/generate")
+    diffusion_model: str | None = Field(None, description="a diffusers directory, tiny-trained or tiny-random; "
+                                                          "enables POST /v1/generate")
     cors_origins: list[str] = Field(default_factory=list, json_schema_extra={"flag": "--cors-origin"},
                                     description="allow CORS from this origin (repeatable; CORS is off by default)")
     kernel_backend: Literal["auto", "torch", "triton"] = Field("auto", description="engine kernels: auto (Triton "

@@ -29,7 +29,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def register(groups) -> None:
+def register(groups, *, diffusion_demo=None) -> None:
+    """`diffusion_demo(args)` runs `restune demo --diffusion` (it calls the server's API, a layer above this one)."""
     p = groups.train.add_parser(
         "classify", help="train a classification tuner on an image folder, a CSV or a built-in task",
         description="Train a Res-Tuning-Bypass tuner (or a baseline) on a frozen backbone and write the artifact. "
@@ -75,7 +76,18 @@ def register(groups) -> None:
                    help="test images per image set (default: digits 500, others 300)")
     d.add_argument("--json", action="store_true", help="print the table as JSON")
     _add_run_args(d)
-    d.set_defaults(handler=_demo)
+    g = d.add_argument_group("--diffusion: style tuners on a text-to-image model instead")
+    g.add_argument("--diffusion", action="store_true",
+                   help="train 3 style tuners (crimson, stripes, blur) on generated style sets, push them, and write "
+                        "one grid from one POST /v1/generate call")
+    g.add_argument("--diffusion-model", default="tiny-trained",
+                   help="'tiny-trained' (default), 'tiny-random' or a diffusers directory")
+    g.add_argument("--server", default=None, help="generate the grid on this server (it must read --store); "
+                                                  "default: the server app in this process")
+    g.add_argument("--grid", default="style-demo-grid.png", help="the grid PNG (default ./style-demo-grid.png)")
+    g.add_argument("--style-steps", type=positive_int, default=None, help="training steps per style (default 1200)")
+    g.add_argument("--style-images", type=positive_int, default=None, help="images per style set (default 48)")
+    d.set_defaults(handler=_demo, diffusion_demo=diffusion_demo)
 
 
 def _workers(args, device: str) -> int:
@@ -125,6 +137,10 @@ def _train_classify(args) -> int:
 
 
 def _demo(args) -> int:
+    if args.diffusion:
+        if args.diffusion_demo is None:
+            raise ConfigError("restune demo --diffusion is not available in this command line")
+        return args.diffusion_demo(args)
     from training.demo import DemoSizes, format_table, run_demo_report  # torch: see the module docstring
     from training.distributed import resolve_device
 

@@ -23,8 +23,9 @@ class StyleTrainConfig:
     images: str = option(help="folder of the style's images (read recursively)")
     style: str = option(help="style name = artifact name (a-z 0-9 . _ -)")
     prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE,
-                                  help="caption of every image; {style} is replaced by the style name")
-    diffusion_model: str = option("tiny-random", help="'tiny-random' or a local diffusers directory")
+                                  help="caption of every image; {style} is replaced by the style name, {caption} "
+                                       "by the image's own caption (the .txt file of the same name beside it)")
+    diffusion_model: str = option("tiny-random", help="'tiny-trained', 'tiny-random' or a local diffusers directory")
     steps: int | None = option(None, help="optimizer steps (overrides --epochs)")
     epochs: int = option(10, help="epochs over the images (Table 11: 10)")
     batch_size: int = option(8, help="Table 11: 8")
@@ -32,6 +33,10 @@ class StyleTrainConfig:
     lr: float = option(1e-4, help="constant AdamW learning rate (Table 11: 1e-4)")
     # Table 11 names AdamW without a decay; this is AdamW's usual default
     weight_decay: float = option(1e-2, help="AdamW weight decay")
+    snr_gamma: float = option(5.0, help="models that predict the clean image (tiny-trained): each timestep's loss "
+                                        "weighted by min(SNR, gamma) + 1, as the base model trained (0: unweighted); "
+                                        "ε- and v-predicting models (SD) are always unweighted")
+    flip: bool = option(True, help="random horizontal flips (Table 11); --no-flip when captions say left or right")
     seed: int = option(0, help="seed of the tuner's initialisation, the image order and the noise")
     device: str = option("auto", help="auto, cpu, cuda, cuda:1 …")
     dtype: str = option("float32", help="float32, or bfloat16 (CUDA, autocast) for the frozen parts")
@@ -48,10 +53,11 @@ class StyleTrainConfig:
             if self.style == "base":
                 problems.append("--style 'base' is reserved for the plain U-Net (no tuner); pick another name")
         try:
-            self.prompt_template.format(style="x")
+            self.prompt_template.format(style="x", caption="y")
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(f"--prompt-template {self.prompt_template!r} is not a valid template ({exc!r}); "
-                            "use {style} for the style name and {{ }} for literal braces")
+                            "use {style} for the style name, {caption} for the image's caption and {{ }} for "
+                            "literal braces")
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if not is_positive_int(value):
@@ -64,6 +70,8 @@ class StyleTrainConfig:
             problems.append(f"--lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.snr_gamma, (int, float)) and math.isfinite(self.snr_gamma) and self.snr_gamma >= 0):
+            problems.append(f"--snr-gamma must be a number >= 0, got {self.snr_gamma!r}")
         if self.dtype not in TRAIN_DTYPES:
             problems.append(f"--dtype {self.dtype!r} is not supported for training; choose one of {choices(TRAIN_DTYPES)}")
         return problems

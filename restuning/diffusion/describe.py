@@ -20,7 +20,7 @@ from restuning.diffusion.bypass import (
     UNetBypassConfig,
     build_unet_bypass,
 )
-from restuning.diffusion.loading import TINY_UNET_CONFIG, ensure_offline
+from restuning.diffusion.loading import TINY_RANDOM, TINY_TRAINED, TINY_TRAINED_DIR, TINY_UNET_CONFIG, ensure_offline
 from restuning.diffusion.unet import SD15_UNET_CONFIG, TappedUNet, layout_problems, tap_channels, tap_names
 from restuning.errors import ConfigError
 
@@ -31,11 +31,12 @@ PAPER = {"trainable_params": 3.76e6, "unet_params_label": "862M (Table 6, 'Full'
 def _unet_config(model: str) -> dict:
     if model == SD15:
         return dict(SD15_UNET_CONFIG)
-    if model.startswith("tiny-random"):
+    if model.startswith(TINY_RANDOM):
         return dict(TINY_UNET_CONFIG)
-    path = Path(model) / "unet" / "config.json"
+    path = (TINY_TRAINED_DIR if model == TINY_TRAINED else Path(model)) / "unet" / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{path} not found; give {SD15!r}, 'tiny-random' or a diffusers directory")
+        raise ConfigError(f"{path} not found; give {SD15!r}, {TINY_RANDOM!r}, {TINY_TRAINED!r} or a diffusers "
+                          "directory")
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
@@ -61,7 +62,7 @@ def describe_diffusion(
     conv_groups: int = DEFAULT_CONV_GROUPS,
     shapes: bool = True,
 ) -> dict:
-    """Trainable parameters of one style tuner on `model` ('sd-v1.5', 'tiny-random' or a directory)."""
+    """Trainable parameters of one style tuner on `model` ('sd-v1.5', 'tiny-random', 'tiny-trained' or a directory)."""
     ensure_offline()  # before the Hugging Face libraries are imported
     from diffusers import UNet2DConditionModel  # slow to import (seconds); only models need it
 

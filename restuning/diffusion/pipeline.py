@@ -27,7 +27,7 @@ import io
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -44,6 +44,7 @@ from restuning.diffusion.bypass import (
     bypass_from_state,
 )
 from restuning.diffusion.loading import DiffusionComponents, load_components
+from restuning.diffusion.pixel_space import vae_scale_factor
 from restuning.diffusion.routing import RoutedBypass
 from restuning.diffusion.unet import TappedUNet, tap_names, unet_fingerprint
 from restuning.errors import ConfigError, InputError, choices
@@ -51,6 +52,10 @@ from restuning.errors import ConfigError, InputError, choices
 BASE_STYLE = "base"
 SAMPLERS: tuple[str, ...] = ("pndm", "ddim")
 SAMPLER_ALIASES = {"plms": "pndm"}  # PLMS is PNDM with skip_prk_steps, as Stable Diffusion runs it
+# What each sampler can turn into a step, by what the U-Net predicts (the scheduler config's prediction_type):
+# diffusers' PNDM takes ε and v; DDIM also takes the clean sample itself (x0), which `tiny-trained` predicts.
+SAMPLER_PREDICTIONS: dict[str, tuple[str, ...]] = {"pndm": ("epsilon", "v_prediction"),
+                                                   "ddim": ("epsilon", "v_prediction", "sample")}
 MAX_SEED = 2**32 - 1
 
 
@@ -222,7 +227,12 @@ def validate_request(
     sampler = limits.default_sampler if sampler is None else sampler
     sampler = SAMPLER_ALIASES.get(sampler, sampler) if isinstance(sampler, str) else sampler
     if sampler not in limits.samplers:
-        problems.append(f"unknown sampler {sampler!r}; choose one of {choices([*limits.samplers, *SAMPLER_ALIASES])}")
+        known = [*limits.samplers, *(a for a, s in SAMPLER_ALIASES.items() if s in limits.samplers)]
+        if sampler in SAMPLERS:
+            problems.append(f"sampler {sampler!r} cannot run this model (its U-Net predicts another quantity than "
+                            f"the sampler takes); choose one of {choices(known)}")
+        else:
+            problems.append(f"unknown sampler {sampler!r}; choose one of {choices(known)}")
     # size
     sizes = {}
     for key, value in (("height", height), ("width", width)):
@@ -285,6 +295,34 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def limits_for_prediction(limits: GenerationLimits, prediction_type: str) -> GenerationLimits:
+    """`limits` with only the samplers that can run a U-Net predicting `prediction_type`; the default sampler
+    stays unless it cannot (then the first that can, e.g. DDIM for an x0-predicting model)."""
+    samplers = tuple(s for s in limits.samplers if prediction_type in SAMPLER_PREDICTIONS.get(s, ()))
+    if not samplers:
+        raise ConfigError(f"no sampler can run a U-Net whose prediction_type is {prediction_type!r}; the samplers "
+                          f"take {sorted({p for ps in SAMPLER_PREDICTIONS.values() for p in ps})}")
+    default = limits.default_sampler if limits.default_sampler in samplers else samplers[0]
+    return replace(limits, samplers=samplers, default_sampler=default)
+
+
+def with_model_defaults(limits: GenerationLimits, defaults: dict) -> GenerationLimits:
+    """`limits` whose defaults are the model's own (`generation_defaults.json`), where it has them."""
+    changes = {}
+    if "steps" in defaults:
+        changes["default_steps"] = min(max(int(defaults["steps"]), limits.min_steps), limits.max_steps)
+    if "guidance_scale" in defaults:
+        changes["default_guidance"] = min(max(float(defaults["guidance_scale"]), limits.min_guidance),
+                                          limits.max_guidance)
+    if "sampler" in defaults:
+        sampler = SAMPLER_ALIASES.get(defaults["sampler"], defaults["sampler"])
+        if sampler not in limits.samplers:
+            raise ConfigError(f"the model's default sampler {defaults['sampler']!r} is not one of "
+                              f"{choices([*limits.samplers, *SAMPLER_ALIASES])}")
+        changes["default_sampler"] = sampler
+    return replace(limits, **changes)
+
+
 def _scheduler_kwargs(cls, config: dict) -> dict:
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in config.items() if k in params}
@@ -320,7 +358,10 @@ class StylePipeline:
         self.dtype = resolve_dtype(dtype, self.device)
         self.name = components.name
         self.source = components.source
-        self.limits = limits
+        self.scheduler_config = dict(components.scheduler_config)
+        self.prediction_type = str(self.scheduler_config.get("prediction_type", "epsilon"))
+        self.limits = limits_for_prediction(with_model_defaults(limits, components.generation_defaults),
+                                            self.prediction_type)
         # The fingerprint is taken before any dtype cast, so it names the weights, not the precision.
         self.fingerprint = unet_fingerprint(components.unet)
         for module in (components.unet, components.vae, components.text_encoder):
@@ -330,8 +371,7 @@ class StylePipeline:
         self.vae = components.vae
         self.text_encoder = components.text_encoder
         self.tokenizer = components.tokenizer
-        self.scheduler_config = dict(components.scheduler_config)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
         self.latent_channels = int(self.unet.config.in_channels)
         # Each of the U-Net's down blocks but the last halves the latent grid.
         self.size_multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
@@ -347,6 +387,11 @@ class StylePipeline:
         return cls(load_components(model), device=device, dtype=dtype, limits=limits, kernel_backend=kernel_backend)
 
     # -- identity and tuners ----------------------------------------------------------------------
+
+    @property
+    def sampler_label(self) -> str:
+        """The default sampler, as a person reads it: 'PLMS' (SD's PNDM) or 'DDIM'."""
+        return {"pndm": "PLMS"}.get(self.limits.default_sampler, self.limits.default_sampler.upper())
 
     @property
     def tap_channels(self) -> list[int]:

@@ -68,7 +68,8 @@ def layout_problems(config: dict) -> list[str]:
     if config.get("norm_num_groups", 32) is None:
         problems.append("the U-Net has no conv_norm_out (norm_num_groups is None); the bypass replaces its input")
     for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim"):
-        if config.get(key) is not None:
+        # "text" pools the prompt's own hidden states into the timestep embedding: no extra inputs
+        if config.get(key) is not None and (key, config[key]) != ("addition_embed_type", "text"):
             problems.append(f"{key}={config[key]!r} needs extra conditioning inputs (SDXL-style); "
                             "only Stable Diffusion 1.x/2.x layouts are supported")
     return problems

@@ -161,3 +161,22 @@ def test_store_rejects_wrong_shapes_and_foreign_tuners(tiny_pipe, trained):
     classifier = replace(artifact, kind="classification")
     with pytest.raises(ConfigError, match="is a 'classification' tuner; image generation needs a 'diffusion' tuner"):
         tiny_pipe.tuner_from_artifact(classifier)
+
+
+def test_the_samplers_offered_are_those_that_can_run_the_model():
+    """PNDM (SD's PLMS) steps on ε or v; a U-Net that predicts the clean image (tiny-trained) gets DDIM only."""
+    from restuning.diffusion.pipeline import DEFAULT_LIMITS, limits_for_prediction, make_scheduler
+
+    assert limits_for_prediction(DEFAULT_LIMITS, "epsilon") == DEFAULT_LIMITS
+    assert limits_for_prediction(DEFAULT_LIMITS, "v_prediction") == DEFAULT_LIMITS
+    x0 = limits_for_prediction(DEFAULT_LIMITS, "sample")
+    assert x0.samplers == ("ddim",) and x0.default_sampler == "ddim"
+    with pytest.raises(ConfigError, match="no sampler can run a U-Net whose prediction_type is 'flow'"):
+        limits_for_prediction(DEFAULT_LIMITS, "flow")
+    from restuning.diffusion.pipeline import validate_request
+
+    for sampler in ("pndm", "plms"):
+        with pytest.raises(GenerationInputError, match="sampler 'pndm' cannot run this model .*choose one of 'ddim'$"):
+            validate_request(["a cat"], None, available_styles=[], limits=x0, sampler=sampler)
+    assert validate_request(["a cat"], None, available_styles=[], limits=x0).sampler == "ddim"
+    assert make_scheduler("ddim", {"prediction_type": "sample", "clip_sample": True}).config.prediction_type == "sample"

@@ -113,7 +113,8 @@ def test_directory_round_trip_and_refusals(tiny_pipe, tmp_path):
     text = str(info.value)
     assert "holds only pickle-based weights (diffusion_pytorch_model.bin)" in text
     assert "vae is missing" in text
-    with pytest.raises(ConfigError, match="does not exist; give 'tiny-random' or a local diffusers directory"):
+    with pytest.raises(ConfigError, match="does not exist; give 'tiny-random', 'tiny-trained' or a local diffusers "
+                                          "directory"):
         StylePipeline.load(str(tmp_path / "nowhere"))
 
 
