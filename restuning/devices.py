@@ -1,6 +1,9 @@
 """Device and dtype names as users write them ("auto", "cuda:1", "bf16") turned into torch objects, in one place."""
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from restuning.errors import ConfigError, choices
@@ -33,3 +36,13 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device = "
         raise ConfigError(f"unknown dtype {name!r}; choose one of {choices(['auto', *DTYPES])}")
     return DTYPES[name]
 
+
+def cpu_model() -> str:
+    """The CPU's model name, as results and training records name the machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from restuning.devices import cpu_model
 from restuning.diffusion.loading import TINY_TRAINED, DiffusionComponents, load_directory, save_components, tiny_vocab
 from restuning.diffusion.pixel_space import PixelUnshuffleAutoencoder
 from restuning.diffusion.unet import unet_fingerprint
@@ -279,7 +279,7 @@ def train_base_diffusion(config: BaseDiffusionConfig, out: str | Path, *, progre
         "train_cpu_seconds": round(cpu_seconds, 1),
         "load_average_after": _load_average(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": _cpu_model(), "torch_threads": torch.get_num_threads()},
+                    "cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
         "images_seen": config.steps * config.batch_size,
@@ -301,14 +301,3 @@ def _load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
