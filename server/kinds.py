@@ -53,8 +53,10 @@ def _into_engine(runtime: ServingRuntime, name: str, module, tag) -> tuple[None,
     return None, runtime.engine.slot_bytes(name)
 
 
-def _packed_from_engine(runtime: ServingRuntime, name: str) -> PackedHead:
-    return runtime.engine.export(name)
+def _packed_from_engine(runtime: ServingRuntime, name: str) -> PackedHead | None:
+    # None: no longer placed (loaded again and evicted again by another load since this eviction chose it);
+    # the registry's placement lock makes the check and the export one step
+    return runtime.engine.export(name) if name in runtime.engine else None
 
 
 def _packed_into_engine(runtime: ServingRuntime, name: str, packed: PackedHead, tag) -> int | None:
