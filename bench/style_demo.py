@@ -99,7 +99,7 @@ def run_style_demo(*, model: str = "tiny-trained", store: str | None = None, ser
     response = generate_via_api(prompts, columns, store=store, model=model, server=server, device=device,
                                 steps=GRID_STEPS, guidance_scale=GRID_GUIDANCE, seed=seed)
     images = decode_images(response)
-    guidance = response.get("guidance_scale", pipeline.limits.default_guidance)
+    guidance = pipeline.limits.default_guidance if GRID_GUIDANCE is None else GRID_GUIDANCE
     grid = prompt_style_grid(images, prompts, columns,
                              caption=f"{pipeline.name}: one POST /v1/generate, {len(prompts)} prompts x "
                                      f"{len(columns)} styles, {GRID_STEPS} {pipeline.sampler_label} steps, guidance "

@@ -284,10 +284,8 @@ def test_a_tuner_unloaded_or_deleted_while_it_loads_does_not_stay_resident(tmp_p
     store.close()
 
 
-def test_an_eviction_does_not_take_out_a_tuner_loaded_again_meanwhile(tmp_path, micro_backbone):
-    """A load that evicts alpha, and a request that loads alpha again before that eviction has taken it out of the
-    engine: alpha stays placed and resident (before, it stayed resident but left the engine, and the next request
-    or eviction naming it failed: a 404, and a 500 with KeyError in the engine's export)."""
+def _alpha_and_gamma_resident_beta_not(tmp_path, micro_backbone):
+    """A registry whose budget holds two of three heads, with alpha then gamma loaded: (store, engine, registry)."""
     from server.kinds import ServingRuntime
     from server.registry import TunerRegistry
 
@@ -301,6 +299,14 @@ def test_an_eviction_does_not_take_out_a_tuner_loaded_again_meanwhile(tmp_path, 
     registry.sync()
     registry.ensure("alpha")
     registry.ensure("gamma")
+    return store, engine, registry
+
+
+def test_an_eviction_does_not_take_out_a_tuner_loaded_again_meanwhile(tmp_path, micro_backbone):
+    """A load that evicts alpha, and a request that loads alpha again before that eviction has taken it out of the
+    engine: alpha stays placed and resident (before, it stayed resident but left the engine, and the next request
+    or eviction naming it failed: a 404, and a 500 with KeyError in the engine's export)."""
+    store, engine, registry = _alpha_and_gamma_resident_beta_not(tmp_path, micro_backbone)
     chosen, go_on = threading.Event(), threading.Event()
     real_room_for = registry.resident.room_for
     evicting = {}
@@ -333,19 +339,7 @@ def test_an_eviction_skips_a_tuner_loaded_and_evicted_again_meanwhile(tmp_path, 
     """A load chooses alpha for eviction; before it takes alpha out of the engine, alpha is loaded again and
     evicted again by someone else. The first eviction finds nothing left to keep or remove (before: a KeyError in
     the engine's export, a 500 for the request that was loading; seen in the bench tuners e2e run)."""
-    from server.kinds import ServingRuntime
-    from server.registry import TunerRegistry
-
-    url = f"file://{tmp_path / 'store'}"
-    _fill(url, micro_backbone, ["alpha", "gamma", "beta"])
-    store = open_store(url)
-    engine = MultiTaskEngine(micro_backbone)
-    registry = TunerRegistry(store, ServingRuntime(micro_backbone, "cpu", torch.float32, engine=engine),
-                             resident_bytes=int(2.5 * _slot_mib(micro_backbone) * 1024 * 1024),
-                             host_cache_bytes=64 * 1024 * 1024)
-    registry.sync()
-    registry.ensure("alpha")
-    registry.ensure("gamma")
+    store, engine, registry = _alpha_and_gamma_resident_beta_not(tmp_path, micro_backbone)
     chosen, go_on = threading.Event(), threading.Event()
     real_room_for = registry.resident.room_for
     evicting, failed = {}, []
