@@ -102,6 +102,7 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
             if len(reference) <= 4 else None,
             "distance_base": round(d_base, 6), "distance_styled": round(d_style, 6),
             "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None,
+            **_pooled_figures(spec, reference_images, images[BASE_STYLE], images[name]),
             "shape_accuracy": round(classifier.accuracy(images[name], shapes), 4),
             "classifier_ceiling": round(classifier.metrics[f"test_accuracy_{name}"], 4),
             "mean_abs_pixel_change": round(float(np.abs(images[name].astype(np.float32)
@@ -160,6 +161,20 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
     return payload, grid
 
 
+def _pooled_figures(spec, reference_images: np.ndarray, base: np.ndarray, styled: np.ndarray) -> dict:
+    """The statistic over each set's pooled power (`training.style_sets`), for the power shares only."""
+    if spec.pooled_statistic is None:
+        return {}
+    reference = style_sets.set_statistic(spec, reference_images, pooled=True)
+    d_base = style_sets.style_distance(spec, base, reference, pooled=True)
+    d_style = style_sets.style_distance(spec, styled, reference, pooled=True)
+    return {"pooled": {"reference_statistic": round(float(reference[0]), 6),
+                       "base_statistic": round(float(spec.pooled_statistic(base)[0]), 6),
+                       "styled_statistic": round(float(spec.pooled_statistic(styled)[0]), 6),
+                       "distance_base": round(d_base, 6), "distance_styled": round(d_style, 6),
+                       "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None}}
+
+
 def format_styles(payload: dict) -> str:
     c = payload["classifier"]
     lines = [
@@ -174,6 +189,10 @@ def format_styles(payload: dict) -> str:
         red = f"{r['distance_reduction']:.1%}" if r["distance_reduction"] is not None else "-"
         lines.append(f"{name:<8} {r['distance_base']:9.4f} {r['distance_styled']:9.4f} {red:>9} "
                      f"{r['shape_accuracy']:9.1%} {r['classifier_ceiling']:8.1%} {r['mean_abs_pixel_change']:8.1f}")
+    pooled = {n: r["pooled"]["distance_reduction"] for n, r in payload["styles"].items() if r.get("pooled")}
+    if pooled:
+        lines.append("the power shares over each set's pooled power, distance reduced: " + ", ".join(
+            f"{n} {v:.1%}" if v is not None else f"{n} -" for n, v in pooled.items()))
     lines.append(f"targets: distance reduced >= {payload['targets']['style_distance_reduction']:.0%}, "
                  f"shape found in >= {payload['targets']['styled_shape_accuracy']:.0%} of styled images; "
                  f"met: {sum(payload['meets_targets'].values())} of {len(payload['meets_targets'])}")

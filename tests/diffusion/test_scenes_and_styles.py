@@ -67,6 +67,20 @@ def test_each_style_moves_its_statistic_far_from_plain_scenes(name):
     assert d_styled < 0.25 * d_plain, (d_styled, d_plain)  # measured: crimson 0.20 (64 images), the others < 0.1
 
 
+def test_a_nearly_flat_image_dominates_the_per_image_share_but_not_the_pooled_one():
+    """Why bench styles also reports the pooled shares: a flat gray image with faint grain has nearly all of its
+    tiny AC power at high frequencies, so its share weighs as much as a whole scene's in a per-image mean."""
+    scenes = sd.render_scenes(sd.scenes(7, seed=3))
+    grain = np.full((1, 32, 32, 3), 128, np.uint8)
+    grain[0, ::2, ::2] += 2  # a checkerboard of 2 grey levels: all of its AC power is above 1/4 cycle per pixel
+    both = np.concatenate([scenes, grain])
+    spec = style_sets.STYLES["blur"]
+    per_image, pooled = spec.statistic, spec.pooled_statistic
+    assert per_image(both)[0] > per_image(scenes)[0] + 0.1  # one image in eight moves the mean by > 0.1
+    assert abs(pooled(both)[0] - pooled(scenes)[0]) < 0.001
+    assert style_sets.STYLES["crimson"].pooled_statistic is None  # a histogram is the same either way
+
+
 def test_crimson_keeps_every_shape_visible_on_every_background():
     for colour, rgb in sd.COLOURS.items():
         for background, bg in sd.BACKGROUNDS.items():
