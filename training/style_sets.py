@@ -100,15 +100,20 @@ def _share(power: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(total > 0, (power * mask).sum(axis=(1, 2)) / np.maximum(total, 1e-12), 0.0)
 
 
+def _frequencies(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fy, fx): each FFT bin's frequency in cycles per pixel, down the rows and across."""
+    return np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+
+
 def _stripe_mask(h: int, w: int) -> np.ndarray:
     """The stripes' frequency (1 / STRIPE_PERIOD cycles per pixel down the rows, none across), within one bin."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    fy, fx = _frequencies(h, w)
     return (np.abs(np.abs(fy) - 1.0 / STRIPE_PERIOD) <= 1.0 / h + 1e-9) & (np.abs(fx) <= 1.0 / w + 1e-9)
 
 
 def _high_frequency_mask(h: int, w: int) -> np.ndarray:
     """Above ¼ cycle per pixel, radially."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    fy, fx = _frequencies(h, w)
     return np.hypot(fx, fy) > 0.25
 
 
