@@ -20,6 +20,7 @@ from bench.soak_config import SoakConfig
 from bench.tuners_config import TunersConfig
 from restuning.cli_types import comma_list, positive_int, positive_list
 from restuning.errors import ConfigError
+from training.style_demo_config import DEMO_IMAGES, DEMO_STEPS
 
 
 @dataclass(frozen=True)
@@ -365,8 +366,10 @@ def _styles_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--steps", type=positive_int, default=25, help="sampler steps per image (default 25; the model's default sampler)")
     b.add_argument("--guidance-scale", type=float, default=None,
                    help="default: the model's (tiny-trained: 1.5, from its generation_defaults.json)")
-    b.add_argument("--style-steps", type=positive_int, default=1200, help="training steps per style (default 1200)")
-    b.add_argument("--style-images", type=positive_int, default=48, help="images per style set (default 48)")
+    b.add_argument("--style-steps", type=positive_int, default=DEMO_STEPS,
+                   help=f"training steps per style (default {DEMO_STEPS})")
+    b.add_argument("--style-images", type=positive_int, default=DEMO_IMAGES,
+                   help=f"images per style set (default {DEMO_IMAGES})")
     b.add_argument("--classifier-scenes", type=positive_int, default=6000,
                    help="drawn scenes the shape classifier trains on (default 6000)")
     b.add_argument("--classifier-epochs", type=positive_int, default=40)

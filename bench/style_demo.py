@@ -22,7 +22,8 @@ from clients.client import AsyncRestuneClient, RestuneClient
 from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
 from server.app import create_app
 from server.settings import ServerSettings
-from training.style_demo import DEMO_IMAGES, DEMO_PROMPTS, DEMO_STEPS, DEMO_STYLES, train_demo_styles
+from training.style_demo import train_demo_styles
+from training.style_demo_config import DEMO_IMAGES, DEMO_PROMPTS, DEMO_STEPS, DEMO_STYLES
 from tuner_store.urls import DEFAULT_STORE_URL
 
 IN_PROCESS_URL = "http://restune.in-process"

@@ -38,7 +38,8 @@ from restuning.errors import ConfigError
 from training import scenes as scene_data
 from training import style_sets
 from training.scene_classifier import train_shape_classifier
-from training.style_demo import DEMO_IMAGES, DEMO_PROMPTS, DEMO_STEPS, DEMO_STYLES, train_demo_styles
+from training.style_demo import train_demo_styles
+from training.style_demo_config import DEMO_IMAGES, DEMO_PROMPTS, DEMO_STEPS, DEMO_STYLES
 from tuner_store.urls import open_store
 
 EVAL_SEED = 900  # evaluation scenes: no training run draws from this seed

@@ -177,6 +177,7 @@ def timestep_loss_weights(scheduler, prediction_type: str, snr_gamma: float):
     return lambda t: timestep_weights(snr.to(t.device)[t], snr_gamma)
 
 
+@torch.no_grad()
 def fixed_noise_loss(pipeline, tuner, images: ImageSet, contexts: torch.Tensor, prompt_index: torch.Tensor, *,
                      seed: int = 1234, batches: int = 2, batch_size: int = 4, autocast=None) -> float:
     """The training loss (ε-, v- or x0-prediction) on fixed images, noise and timesteps (same draws for every tuner).
@@ -230,6 +231,7 @@ def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = Tru
     prompts = image_prompts(images, config.prompt_template, config.style)
     distinct = list(dict.fromkeys(prompts))
     contexts = pipeline.encode_prompts(distinct)  # each distinct caption once; no_grad: the text encoder is frozen
+    empty_context = pipeline.encode_prompts([""]) if config.caption_dropout > 0 else None
     prompt_index = torch.tensor([distinct.index(p) for p in prompts])
     n = images.pixels.shape[0]
     batch = min(config.batch_size, n)
@@ -262,8 +264,12 @@ def train_style(config: StyleTrainConfig, pipeline=None, *, progress: bool = Tru
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = training_target(scheduler, prediction_type, latents, noise, timesteps)
+        context = contexts[prompt_index[idx]]
+        if empty_context is not None:  # drawn only when on, so a run without dropout keeps its random stream
+            dropped = (torch.rand(batch, generator=gen) < config.caption_dropout).to(context.device)
+            context = torch.where(dropped[:, None, None], empty_context, context)
         with autocast:
-            pred = pipeline.predict_noise(noisy.to(pipeline.dtype), timesteps, contexts[prompt_index[idx]], tuner)
+            pred = pipeline.predict_noise(noisy.to(pipeline.dtype), timesteps, context, tuner)
         errors = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, target.dim())))
         weights = loss_weights(timesteps)
         loss = (errors * weights).sum() / weights.sum()

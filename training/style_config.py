@@ -36,6 +36,9 @@ class StyleTrainConfig:
     snr_gamma: float = option(5.0, help="models that predict the clean image (tiny-trained): each timestep's loss "
                                         "weighted by min(SNR, gamma) + 1, as the base model trained (0: unweighted); "
                                         "ε- and v-predicting models (SD) are always unweighted")
+    caption_dropout: float = option(0.0, help="share of training images trained on the empty prompt instead of "
+                                              "their caption, so the tuner also learns the unconditional branch "
+                                              "that classifier-free guidance runs (0: off)")
     flip: bool = option(True, help="random horizontal flips (Table 11); --no-flip when captions say left or right")
     seed: int = option(0, help="seed of the tuner's initialisation, the image order and the noise")
     device: str = option("auto", help="auto, cpu, cuda, cuda:1 …")
@@ -72,6 +75,8 @@ class StyleTrainConfig:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.snr_gamma, (int, float)) and math.isfinite(self.snr_gamma) and self.snr_gamma >= 0):
             problems.append(f"--snr-gamma must be a number >= 0, got {self.snr_gamma!r}")
+        if not (isinstance(self.caption_dropout, (int, float)) and 0 <= self.caption_dropout < 1):
+            problems.append(f"--caption-dropout must be in [0, 1), got {self.caption_dropout!r}")
         if self.dtype not in TRAIN_DTYPES:
             problems.append(f"--dtype {self.dtype!r} is not supported for training; choose one of {choices(TRAIN_DTYPES)}")
         return problems

@@ -16,23 +16,8 @@ from tqdm.auto import tqdm
 from restuning.errors import ConfigError, choices
 from training.push import push_artifact
 from training.style import StyleTrainConfig, train_style
+from training.style_demo_config import DEMO_BATCH, DEMO_GROUPS, DEMO_IMAGES, DEMO_LR, DEMO_STEPS, DEMO_STYLES
 from training.style_sets import STYLE_SEED, STYLES, write_style_set
-
-DEMO_STYLES = ("crimson", "stripes", "blur")
-DEMO_IMAGES = 48
-DEMO_STEPS = 1200
-DEMO_BATCH = 8
-DEMO_LR = 6e-3
-# One adapter over all the channels of a tap, not the default 4 groups sharing one: measured on tiny-trained
-# (600 steps, 32 prompts), the crimson and stripes tuners closed 48 % and 51 % of the gap to their sets' statistics
-# with 1 group, 30 % and 33 % with 4.
-DEMO_GROUPS = 1
-DEMO_PROMPTS = (
-    "a red circle on the left over a blue background",
-    "two green squares over a white background",
-    "a yellow triangle at the top over a black background",
-    "a blue square in the middle over a gray background",
-)
 
 
 @dataclass

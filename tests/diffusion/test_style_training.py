@@ -44,13 +44,14 @@ def test_empty_folder_fails_before_the_model_loads(tmp_path):
 
 def test_config_problems_are_listed_together(tmp_path):
     config = StyleTrainConfig(images=str(tmp_path), style="Base Style", prompt_template="{nope}", steps=0,
-                              batch_size=0, lr=-1.0, dtype="int8")
+                              batch_size=0, lr=-1.0, dtype="int8", caption_dropout=1.0)
     with pytest.raises(ConfigError) as info:
         train_style(config)
     text = str(info.value)
     for needle in ("--style: name 'Base Style' is not allowed", "--prompt-template '{nope}'",
                    "--batch-size must be a positive integer", "--steps must be a positive integer",
-                   "--lr must be a positive number", "--dtype 'int8' is not supported"):
+                   "--lr must be a positive number", "--dtype 'int8' is not supported",
+                   "--caption-dropout must be in [0, 1), got 1.0"):
         assert needle in text
     with pytest.raises(ConfigError, match="'base' is reserved"):
         train_style(StyleTrainConfig(images=str(tmp_path), style="base"))
@@ -59,3 +60,32 @@ def test_config_problems_are_listed_together(tmp_path):
 def test_resolution_must_fit_the_latent_grid(tiny_pipe, style_folder):
     with pytest.raises(ConfigError, match="--resolution 40 is not a multiple of 32"):
         train_style(StyleTrainConfig(images=str(style_folder), style="ink", resolution=40), tiny_pipe)
+
+
+def _contexts_seen(pipe, monkeypatch, config):
+    """The text context of every image the U-Net was trained on."""
+    seen = []
+    predict = pipe.predict_noise
+
+    def recording(noisy, timesteps, context, bypass):
+        if torch.is_grad_enabled():  # a training step, not the fixed-noise eval loss before and after
+            seen.extend(context.detach().clone())
+        return predict(noisy, timesteps, context, bypass)
+
+    monkeypatch.setattr(pipe, "predict_noise", recording)
+    train_style(config, pipe, progress=False)
+    monkeypatch.undo()
+    return seen
+
+
+def test_caption_dropout_trains_that_share_on_the_empty_prompt(tiny_pipe, style_folder, monkeypatch):
+    config = dict(images=str(style_folder), style="ink", steps=12, batch_size=4, resolution=32, seed=0, device="cpu")
+    empty = tiny_pipe.encode_prompts([""])[0]
+    caption = tiny_pipe.encode_prompts(["a photo in ink style"])[0]
+    kept_rows = _contexts_seen(tiny_pipe, monkeypatch, StyleTrainConfig(**config))
+    half_rows = _contexts_seen(tiny_pipe, monkeypatch, StyleTrainConfig(**config, caption_dropout=0.5))
+    assert len(kept_rows) == len(half_rows) == 48
+    assert all(torch.equal(row, caption) for row in kept_rows)  # off by default
+    dropped = sum(torch.equal(row, empty) for row in half_rows)
+    assert dropped + sum(torch.equal(row, caption) for row in half_rows) == 48
+    assert 12 <= dropped <= 36  # Binomial(48, 0.5): outside this range with probability < 0.1 %; seeded anyway

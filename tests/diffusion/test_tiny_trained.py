@@ -92,7 +92,7 @@ def test_a_trained_style_moves_images_toward_its_set(trained_pipe, demo_tuners):
 
 
 # Measured with these settings on 2 CPU threads: crimson 0.415, stripes 0.289 (an untrained tuner: exactly 0).
-# The benchmark's longer training (1,200 steps on 48 images) and 96 prompts: see docs/diffusion.md.
+# The benchmark's longer training (1,200 steps on 192 images) and 96 prompts: see docs/diffusion.md.
 THRESHOLDS = {"crimson": 0.15, "stripes": 0.15}
 
 
