@@ -15,8 +15,8 @@ from pathlib import Path
 from restuning.cli_types import positive_int
 from restuning.commands import add_tuner_structure_args
 from restuning.errors import ConfigError
-from training.style_demo_config import DEMO_IMAGES, DEMO_STEPS
 from restuning.options import add_options, given_options
+from training.style_demo_config import DEMO_IMAGES, DEMO_STEPS
 from training.train_config import NOT_FLAGS, TrainSettings
 from tuner_store.urls import open_store
 
@@ -86,8 +86,10 @@ def register(groups, *, diffusion_demo=None) -> None:
     g.add_argument("--server", default=None, help="generate the grid on this server (it must read --store); "
                                                   "default: the server app in this process")
     g.add_argument("--grid", default="style-demo-grid.png", help="the grid PNG (default ./style-demo-grid.png)")
-    g.add_argument("--style-steps", type=positive_int, default=None, help=f"training steps per style (default {DEMO_STEPS})")
-    g.add_argument("--style-images", type=positive_int, default=None, help=f"images per style set (default {DEMO_IMAGES})")
+    g.add_argument("--style-steps", type=positive_int, default=None,
+                   help=f"training steps per style (default {DEMO_STEPS})")
+    g.add_argument("--style-images", type=positive_int, default=None,
+                   help=f"images per style set (default {DEMO_IMAGES})")
     d.set_defaults(handler=_demo, diffusion_demo=diffusion_demo)
 
 
