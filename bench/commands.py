@@ -18,7 +18,8 @@ from bench import accuracy_config as acc
 from bench.results import BenchResult, emit
 from bench.soak_config import SoakConfig
 from bench.tuners_config import TunersConfig
-from restuning.cli_types import comma_list, positive_int, positive_list
+from bench.style_ceilings import HEAD_CEILING_STEPS
+from restuning.cli_types import comma_list, non_negative_int, positive_int, positive_list
 from restuning.errors import ConfigError
 from training.style_demo_config import DEMO_IMAGES, DEMO_STEPS
 
@@ -373,6 +374,9 @@ def _styles_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--classifier-scenes", type=positive_int, default=6000,
                    help="drawn scenes the shape classifier trains on (default 6000)")
     b.add_argument("--classifier-epochs", type=positive_int, default=40)
+    b.add_argument("--head-ceiling-steps", type=non_negative_int, default=HEAD_CEILING_STEPS,
+                   help=f"optimisation steps of the head ceiling, the best any bypass could draw (default "
+                        f"{HEAD_CEILING_STEPS}; 0: not taken)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -385,7 +389,8 @@ def _styles(args):
     payload, grid = run_styles_bench(
         model=args.diffusion_model, prompts=args.prompts, steps=args.steps, guidance_scale=args.guidance_scale,
         style_steps=args.style_steps, style_images=args.style_images, classifier_scenes=args.classifier_scenes,
-        classifier_epochs=args.classifier_epochs, seed=args.seed, device=args.device, threads=args.threads,
+        classifier_epochs=args.classifier_epochs, head_ceiling_steps=args.head_ceiling_steps, seed=args.seed,
+        device=args.device, threads=args.threads,
         progress=_progress(args),
     )
     return styles_result(payload, grid, args.device)

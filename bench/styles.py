@@ -12,6 +12,8 @@ On `tiny-trained` (or any model trained by `restune train base-diffusion`), in o
    Style strength: per style, the distance of the styled images' statistic to the style set's (a held-out set of
    the same style), against the same distance for the base images (`training.style_sets`).
    Content kept: the classifier finds the prompted shape in the styled images.
+   Ceilings (`bench.style_ceilings`): the same figures for each style's transform applied to the base images, and
+   for the closest images to those that the frozen U-Net head can output at all (the best any bypass could do).
 5. The grid: the demo's prompts × (base + styles) from one POST /v1/generate call to the server app run in this
    process (`bench.style_demo`), on a scratch store holding the tuners of step 2.
 
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from bench.common import device_slug, machine_info
 from bench.results import BenchResult
+from bench.style_ceilings import HEAD_CEILING_STEPS, head_ceiling_images, transform_images
 from bench.style_demo import GRID_GUIDANCE, GRID_STEPS, decode_images, generate_via_api, prompt_style_grid
 from restuning.devices import resolve_device
 from restuning.diffusion.pipeline import BASE_STYLE, StylePipeline
@@ -63,13 +66,14 @@ def generate_all(pipeline, prompts: list[str], styles: list[str], tuners: dict, 
 def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: int = GRID_STEPS,
                      guidance_scale: float | None = GRID_GUIDANCE, style_steps: int = DEMO_STEPS,
                      style_images: int = DEMO_IMAGES, classifier_scenes: int = 6000, classifier_epochs: int = 40,
-                     seed: int = 0, device: str = "cpu", threads: int | None = None,
-                     progress: bool = True) -> tuple[dict, object]:
+                     head_ceiling_steps: int = HEAD_CEILING_STEPS, seed: int = 0, device: str = "cpu",
+                     threads: int | None = None, progress: bool = True) -> tuple[dict, object]:
     if threads:
         torch.set_num_threads(threads)
-    if prompts < 1 or steps < 1 or classifier_scenes < 30:
-        raise ConfigError(f"bench styles needs --prompts >= 1, --steps >= 1 and --classifier-scenes >= 30, got "
-                          f"{prompts}, {steps}, {classifier_scenes}")
+    if prompts < 1 or steps < 1 or classifier_scenes < 30 or head_ceiling_steps < 0:
+        raise ConfigError(f"bench styles needs --prompts >= 1, --steps >= 1, --classifier-scenes >= 30 and "
+                          f"--head-ceiling-steps >= 0, got {prompts}, {steps}, {classifier_scenes}, "
+                          f"{head_ceiling_steps}")
     start = time.perf_counter()
     pipeline = StylePipeline.load(model, device=device, dtype="float32")
     if guidance_scale is None:
@@ -106,6 +110,8 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
             **_pooled_figures(spec, reference_images, images[BASE_STYLE], images[name]),
             "shape_accuracy": round(classifier.accuracy(images[name], shapes), 4),
             "classifier_ceiling": round(classifier.metrics[f"test_accuracy_{name}"], 4),
+            "ceilings": _ceilings(pipeline, spec, reference_images, images[BASE_STYLE], classifier, shapes,
+                                  head_ceiling_steps, seed),
             "mean_abs_pixel_change": round(float(np.abs(images[name].astype(np.float32)
                                                          - images[BASE_STYLE].astype(np.float32)).mean()), 2),
             "training": {k: styles[name].metrics[k] for k in ("steps", "images", "batch_size", "lr", "train_seconds",
@@ -176,6 +182,28 @@ def _pooled_figures(spec, reference_images: np.ndarray, base: np.ndarray, styled
                        "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None}}
 
 
+def _ceilings(pipeline, spec, reference_images: np.ndarray, base: np.ndarray, classifier, shapes: list[str],
+              head_steps: int, seed: int) -> dict:
+    """The style's figures for its transform of the base images, and for the frozen head's closest images."""
+    def figures(images: np.ndarray) -> dict:
+        reference = spec.statistic(reference_images)
+        d_base = style_sets.style_distance(spec, base, reference)
+        out = {"distance_reduction": round(1 - style_sets.style_distance(spec, images, reference) / d_base, 4)
+               if d_base > 0 else None}
+        pooled = _pooled_figures(spec, reference_images, base, images)
+        if pooled:
+            out["pooled_distance_reduction"] = pooled["pooled"]["distance_reduction"]
+        out["shape_accuracy"] = round(classifier.accuracy(images, shapes), 4)
+        return out
+
+    targets = transform_images(spec, base)
+    head = None
+    if head_steps and pipeline.prediction_type == "sample":
+        images, loss = head_ceiling_images(pipeline, targets, steps=head_steps, seed=seed)
+        head = {**figures(images), "mse": round(loss, 6), "steps": head_steps}
+    return {"transform": figures(targets), "head": head}
+
+
 def format_styles(payload: dict) -> str:
     c = payload["classifier"]
     lines = [
@@ -184,7 +212,7 @@ def format_styles(payload: dict) -> str:
         f"shape classifier ({c['backbone']}, {c['weights']}): drawn scenes {c['drawn_test_accuracy']:.3f}",
         f"base images: prompted shape found in {payload['base_shape_accuracy']:.1%} (target >= "
         f"{payload['targets']['base_shape_accuracy']:.0%}; chance {payload['chance']:.1%})",
-        f"{'style':<8} {'d(base)':>9} {'d(style)':>9} {'reduction':>9} {'shape acc':>9} {'ceiling':>8} {'|change|':>8}",
+        f"{'style':<8} {'d(base)':>9} {'d(style)':>9} {'reduction':>9} {'shape acc':>9} {'drawn':>8} {'|change|':>8}",
     ]
     for name, r in payload["styles"].items():
         red = f"{r['distance_reduction']:.1%}" if r["distance_reduction"] is not None else "-"
@@ -194,6 +222,16 @@ def format_styles(payload: dict) -> str:
     if pooled:
         lines.append("the power shares over each set's pooled power, distance reduced: " + ", ".join(
             f"{n} {v:.1%}" if v is not None else f"{n} -" for n, v in pooled.items()))
+    ceilings = []
+    for n, r in payload["styles"].items():
+        c = r.get("ceilings") or {}
+        parts = [f"{k} {c[k]['distance_reduction']:.1%}" for k in ("transform", "head")
+                 if c.get(k) and c[k]["distance_reduction"] is not None]
+        if parts:
+            ceilings.append(f"{n} " + " / ".join(parts))
+    if ceilings:
+        lines.append("distance reduced at most (the style's transform of the base images / the closest images the "
+                     "frozen head can output): " + ", ".join(ceilings))
     lines.append(f"targets: distance reduced >= {payload['targets']['style_distance_reduction']:.0%}, "
                  f"shape found in >= {payload['targets']['styled_shape_accuracy']:.0%} of styled images; "
                  f"met: {sum(payload['meets_targets'].values())} of {len(payload['meets_targets'])}")

@@ -1,4 +1,4 @@
-"""argparse types shared by every command: positive integers and comma-separated lists."""
+"""argparse types shared by every command: positive and non-negative integers, comma-separated lists."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 

@@ -11,8 +11,8 @@ from restune.cli import main
 
 def test_bench_styles_writes_json_and_grid(tmp_path, capsys):
     code = main(["bench", "styles", "--prompts", "4", "--steps", "2", "--style-steps", "2", "--style-images", "4",
-                 "--classifier-scenes", "60", "--classifier-epochs", "1", "--threads", "1", "--out-dir",
-                 str(tmp_path), "--no-progress", "--json"])
+                 "--classifier-scenes", "60", "--classifier-epochs", "1", "--head-ceiling-steps", "3",
+                 "--threads", "1", "--out-dir", str(tmp_path), "--no-progress", "--json"])
     assert code == 0
     out = capsys.readouterr().out
     payload = json.loads(out[out.index("{"):])
@@ -28,6 +28,10 @@ def test_bench_styles_writes_json_and_grid(tmp_path, capsys):
                                                                             r["distance_base"], 4)
         assert 0 <= r["shape_accuracy"] <= 1 and r["training"]["steps"] == 2
         assert payload["meets_targets"][f"{name}_distance_reduction"] == (r["distance_reduction"] >= 0.5)
+        assert set(r["ceilings"]) == {"transform", "head"} and r["ceilings"]["head"]["steps"] == 3
+        for ceiling in r["ceilings"].values():
+            assert 0 <= ceiling["shape_accuracy"] <= 1
+            assert ("pooled_distance_reduction" in ceiling) == (name != "crimson")
     assert payload["classifier"]["train_scenes"] == 60 and "drawn_test_accuracy_crimson" in payload["classifier"]
     assert payload["targets"] == {"base_shape_accuracy": 0.8, "style_distance_reduction": 0.5,
                                   "styled_shape_accuracy": 0.7}
