@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from restuning.errors import ConfigError
 
-# torch and numpy are imported where used: `restune bench styles --help` reads the defaults below without them.
+# torch and numpy are imported where used: `restune bench --help` reads the defaults below without them.
 
 HEAD_CEILING_STEPS = 2000  # Adam steps; on tiny-trained the loss changes by < 1 % over the last 500
 HEAD_CEILING_LR = 0.05
@@ -23,7 +23,7 @@ HEAD_CEILING_LR = 0.05
 
 def transform_images(spec, images):
     """The style's transform applied to each uint8 image [N, H, W, 3]."""
-    import numpy as np
+    import numpy as np  # not at import: `restune bench --help` reads this module's defaults
 
     return np.stack([spec.transform(img) for img in images])
 
@@ -35,7 +35,7 @@ def head_ceiling_images(pipeline, targets, *, steps: int = HEAD_CEILING_STEPS, l
 
     Raises ConfigError for a model that does not predict the clean image (see the module docstring).
     """
-    import numpy as np
+    import numpy as np  # not at import: `restune bench --help` reads this module's defaults
     import torch
     from torch.nn import functional as F
 
