@@ -185,9 +185,10 @@ def _pooled_figures(spec, reference_images: np.ndarray, base: np.ndarray, styled
 def _ceilings(pipeline, spec, reference_images: np.ndarray, base: np.ndarray, classifier, shapes: list[str],
               head_steps: int, seed: int) -> dict:
     """The style's figures for its transform of the base images, and for the frozen head's closest images."""
+    reference = spec.statistic(reference_images)
+    d_base = style_sets.style_distance(spec, base, reference)
+
     def figures(images: np.ndarray) -> dict:
-        reference = spec.statistic(reference_images)
-        d_base = style_sets.style_distance(spec, base, reference)
         out = {"distance_reduction": round(1 - style_sets.style_distance(spec, images, reference) / d_base, 4)
                if d_base > 0 else None}
         pooled = _pooled_figures(spec, reference_images, base, images)
