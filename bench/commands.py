@@ -375,7 +375,8 @@ def _styles_args(b: argparse.ArgumentParser) -> None:
                    help="drawn scenes the shape classifier trains on (default 6000)")
     b.add_argument("--classifier-epochs", type=positive_int, default=40)
     b.add_argument("--head-ceiling-steps", type=non_negative_int, default=HEAD_CEILING_STEPS,
-                   help=f"optimisation steps of the head ceiling, the best any bypass could draw (default "
+                   help=f"optimisation steps of the head ceiling: the closest images to each style's "
+                        f"transform that the frozen U-Net head can output (default "
                         f"{HEAD_CEILING_STEPS}; 0: not taken)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="cpu")

@@ -4,11 +4,13 @@ Two ceilings per style, each over the benchmark's own generated base images:
 
 - **transform ceiling**: the style's transform (`training.style_sets`) applied in code to each base image. It is
   what a perfect restyling of those very images scores, so it bounds the statistic itself.
-- **head ceiling**: the best any bypass could draw. The bypass replaces the input of the U-Net's conv_norm_out
-  (`restuning.diffusion.bypass`); whatever it outputs then passes through the frozen conv_norm_out (GroupNorm),
-  conv_act and conv_out. Here that input is a free tensor per image, optimised (Adam) so that the U-Net's output
-  is the transform ceiling's image. On a model that predicts the clean image (`tiny-trained`), that output *is*
-  the image, so no bypass of any size, trained any way, can score above what these images score. A model that
+- **head ceiling**: the closest any bypass could come to that restyling. The bypass replaces the input of the
+  U-Net's conv_norm_out (`restuning.diffusion.bypass`); whatever it outputs then passes through the frozen
+  conv_norm_out (GroupNorm), conv_act and conv_out. Here that input is a free tensor per image, optimised (Adam)
+  so that the U-Net's output is the transform ceiling's image. On a model that predicts the clean image
+  (`tiny-trained`), that output *is* the image, so no bypass of any size, trained any way, can come closer (in
+  mean squared error) to the restyled images than these. (A bypass could still score a statistic higher with
+  images that are further from them; this bounds a faithful restyling, not every image the head can draw.) A model that
   predicts noise (Stable Diffusion) has no such direct reading; the head ceiling is then not taken.
 """
 from __future__ import annotations

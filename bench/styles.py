@@ -13,7 +13,7 @@ On `tiny-trained` (or any model trained by `restune train base-diffusion`), in o
    the same style), against the same distance for the base images (`training.style_sets`).
    Content kept: the classifier finds the prompted shape in the styled images.
    Ceilings (`bench.style_ceilings`): the same figures for each style's transform applied to the base images, and
-   for the closest images to those that the frozen U-Net head can output at all (the best any bypass could do).
+   for the closest images to those that the frozen U-Net head can output at all, whatever the bypass.
 5. The grid: the demo's prompts × (base + styles) from one POST /v1/generate call to the server app run in this
    process (`bench.style_demo`), on a scratch store holding the tuners of step 2.
 
