@@ -107,7 +107,8 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
             if len(reference) <= 4 else None,
             "distance_base": round(d_base, 6), "distance_styled": round(d_style, 6),
             "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None,
-            **_pooled_figures(spec, reference_images, images[BASE_STYLE], images[name]),
+            "second_view": spec.second.key,
+            **_second_figures(spec, reference_images, images[BASE_STYLE], images[name]),
             "shape_accuracy": round(classifier.accuracy(images[name], shapes), 4),
             "classifier_ceiling": round(classifier.metrics[f"test_accuracy_{name}"], 4),
             "ceilings": _ceilings(pipeline, spec, reference_images, images[BASE_STYLE], classifier, shapes,
@@ -168,18 +169,20 @@ def run_styles_bench(*, model: str = "tiny-trained", prompts: int = 96, steps: i
     return payload, grid
 
 
-def _pooled_figures(spec, reference_images: np.ndarray, base: np.ndarray, styled: np.ndarray) -> dict:
-    """The statistic over each set's pooled power (`training.style_sets`), for the power shares only."""
-    if spec.pooled_statistic is None:
-        return {}
-    reference = style_sets.set_statistic(spec, reference_images, pooled=True)
-    d_base = style_sets.style_distance(spec, base, reference, pooled=True)
-    d_style = style_sets.style_distance(spec, styled, reference, pooled=True)
-    return {"pooled": {"reference_statistic": round(float(reference[0]), 6),
-                       "base_statistic": round(float(spec.pooled_statistic(base)[0]), 6),
-                       "styled_statistic": round(float(spec.pooled_statistic(styled)[0]), 6),
-                       "distance_base": round(d_base, 6), "distance_styled": round(d_style, 6),
-                       "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None}}
+def _second_figures(spec, reference_images: np.ndarray, base: np.ndarray, styled: np.ndarray) -> dict:
+    """The style's second view of its statistic (`training.style_sets.SecondView`), under the view's key."""
+    reference = style_sets.set_statistic(spec, reference_images, second=True)
+    d_base = style_sets.style_distance(spec, base, reference, second=True)
+    d_style = style_sets.style_distance(spec, styled, reference, second=True)
+
+    def scalar(values: np.ndarray):  # a histogram's 64 bins are not worth a line of JSON each
+        return round(float(values[0]), 6) if len(values) == 1 else None
+
+    return {spec.second.key: {"label": spec.second.label, "reference_statistic": scalar(reference),
+                              "base_statistic": scalar(spec.second.statistic(base)),
+                              "styled_statistic": scalar(spec.second.statistic(styled)),
+                              "distance_base": round(d_base, 6), "distance_styled": round(d_style, 6),
+                              "distance_reduction": round(1 - d_style / d_base, 4) if d_base > 0 else None}}
 
 
 def _ceilings(pipeline, spec, reference_images: np.ndarray, base: np.ndarray, classifier, shapes: list[str],
@@ -191,9 +194,8 @@ def _ceilings(pipeline, spec, reference_images: np.ndarray, base: np.ndarray, cl
     def figures(images: np.ndarray) -> dict:
         out = {"distance_reduction": round(1 - style_sets.style_distance(spec, images, reference) / d_base, 4)
                if d_base > 0 else None}
-        pooled = _pooled_figures(spec, reference_images, base, images)
-        if pooled:
-            out["pooled_distance_reduction"] = pooled["pooled"]["distance_reduction"]
+        second = _second_figures(spec, reference_images, base, images)[spec.second.key]
+        out[f"{spec.second.key}_distance_reduction"] = second["distance_reduction"]
         out["shape_accuracy"] = round(classifier.accuracy(images, shapes), 4)
         return out
 
@@ -219,10 +221,10 @@ def format_styles(payload: dict) -> str:
         red = f"{r['distance_reduction']:.1%}" if r["distance_reduction"] is not None else "-"
         lines.append(f"{name:<8} {r['distance_base']:9.4f} {r['distance_styled']:9.4f} {red:>9} "
                      f"{r['shape_accuracy']:9.1%} {r['classifier_ceiling']:8.1%} {r['mean_abs_pixel_change']:8.1f}")
-    pooled = {n: r["pooled"]["distance_reduction"] for n, r in payload["styles"].items() if r.get("pooled")}
-    if pooled:
-        lines.append("the power shares over each set's pooled power, distance reduced: " + ", ".join(
-            f"{n} {v:.1%}" if v is not None else f"{n} -" for n, v in pooled.items()))
+    for n, r in payload["styles"].items():
+        second = r[r["second_view"]]
+        v = second["distance_reduction"]
+        lines.append(f"{n}, {second['label']}: distance reduced " + (f"{v:.1%}" if v is not None else "-"))
     ceilings = []
     for n, r in payload["styles"].items():
         c = r.get("ceilings") or {}

@@ -24,14 +24,17 @@ def test_bench_styles_writes_json_and_grid(tmp_path, capsys):
     assert 0 <= payload["base_shape_accuracy"] <= 1
     assert set(payload["styles"]) == {"crimson", "stripes", "blur"}
     for name, r in payload["styles"].items():
-        assert r["distance_base"] > 0 and r["distance_reduction"] == round(1 - r["distance_styled"] /
-                                                                            r["distance_base"], 4)
+        # from the unrounded distances: the JSON's 6 decimals of a small distance can move the 4th of the ratio
+        assert r["distance_base"] > 0 and abs(r["distance_reduction"] - (1 - r["distance_styled"] /
+                                                                          r["distance_base"])) < 1e-3
         assert 0 <= r["shape_accuracy"] <= 1 and r["training"]["steps"] == 2
         assert payload["meets_targets"][f"{name}_distance_reduction"] == (r["distance_reduction"] >= 0.5)
         assert set(r["ceilings"]) == {"transform", "head"} and r["ceilings"]["head"]["steps"] == 3
         for ceiling in r["ceilings"].values():
             assert 0 <= ceiling["shape_accuracy"] <= 1
-            assert ("pooled_distance_reduction" in ceiling) == (name != "crimson")
+            assert f"{r['second_view']}_distance_reduction" in ceiling
+        assert r["second_view"] == ("hard_bins" if name == "crimson" else "per_image")
+        assert r[r["second_view"]]["distance_base"] > 0
     assert payload["classifier"]["train_scenes"] == 60 and "drawn_test_accuracy_crimson" in payload["classifier"]
     assert payload["targets"] == {"base_shape_accuracy": 0.8, "style_distance_reduction": 0.5,
                                   "styled_shape_accuracy": 0.7}
